@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+
+class SendingAccount(models.Model):
+    """A mailbox or relay we send from, with its limits and active hours."""
+
+    class Security(models.TextChoices):
+        NONE = "none", "None"
+        STARTTLS = "starttls", "STARTTLS"
+        SSL = "ssl", "SSL/TLS"
+
+    name = models.CharField(max_length=100, unique=True)
+    from_email = models.EmailField()
+    from_name = models.CharField(max_length=100, blank=True)
+    smtp_host = models.CharField("SMTP host", max_length=255, blank=True)
+    smtp_port = models.PositiveIntegerField("SMTP port", default=587)
+    smtp_username = models.CharField("SMTP username", max_length=255, blank=True)
+    # Never rendered back by the admin (see SendingAccountForm).
+    smtp_password = models.CharField("SMTP password", max_length=255, blank=True)
+    smtp_security = models.CharField(
+        "SMTP security", max_length=10, choices=Security.choices, default=Security.STARTTLS
+    )
+    smtp_timeout = models.PositiveIntegerField(
+        "SMTP time-out (seconds)", default=30, validators=[MinValueValidator(1)]
+    )
+    esp = models.CharField(
+        "anymail ESP",
+        max_length=50,
+        blank=True,
+        help_text="Send through this anymail backend (e.g. 'amazon_ses', 'mailgun') instead of "
+        "SMTP.",
+    )
+    return_path = models.EmailField(
+        blank=True,
+        help_text="Bounce address. With a '+' tag-able local part (bounces@example.com), each "
+        "email gets a VERP envelope sender bounces+<token>@example.com.",
+    )
+    daily_limit = models.PositiveIntegerField(default=500)
+    per_minute_limit = models.PositiveIntegerField(default=60)
+    active_from = models.TimeField(null=True, blank=True, help_text="Empty: from midnight.")
+    active_until = models.TimeField(null=True, blank=True, help_text="Empty: until midnight.")
+    active_weekdays = models.CharField(
+        max_length=7,
+        default="12345",
+        blank=True,
+        validators=[RegexValidator(r"^[1-7]{0,7}$", "ISO weekdays as digits: 1 Monday ... 7 Sunday.")],
+        help_text="ISO weekdays as digits, 1 Monday ... 7 Sunday: '12345' for Monday to Friday.",
+    )
+    timezone = models.CharField(max_length=64, default="UTC")
+    confirms_delivery = models.BooleanField(
+        default=False,
+        help_text="On when a 250 reply means the recipient's own server took the mail (a direct "
+        "MX connection): sent emails then count as delivered.",
+    )
+    is_active = models.BooleanField(default=True)
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def from_header(self) -> str:
+        from email.utils import formataddr
+
+        return formataddr((self.from_name, self.from_email)) if self.from_name else self.from_email
+
+
+class Campaign(models.Model):
+    class State(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        FINISHED = "finished", "Finished"
+
+    name = models.CharField(max_length=200, unique=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_campaigns",
+    )
+    topic = models.ForeignKey(
+        "contacts.Topic",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="campaigns",
+        help_text="Contacts who opted out of this topic are left out.",
+    )
+    lists = models.ManyToManyField("contacts.ContactList", related_name="campaigns", blank=True)
+    accounts = models.ManyToManyField(SendingAccount, related_name="campaigns", blank=True)
+    track_opens = models.BooleanField(default=True)
+    track_clicks = models.BooleanField(default=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.DRAFT)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+        permissions = [
+            ("launch_campaign", "Can launch, pause, resume and terminate campaigns"),
+            ("export_reports", "Can export summaries and result lists to Excel"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignStep(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="1 for the first email."
+    )
+    subject = models.CharField(max_length=255)
+    html_body = models.TextField("HTML body", blank=True)
+    text_body = models.TextField("text body", blank=True)
+    delay = models.DurationField(
+        default=timedelta(0), help_text="Wait after the previous step, e.g. '3 days, 0:00:00'."
+    )
+    stop_on_reply = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["campaign", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "position"], name="step_position_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} · step {self.position}: {self.subject}"
+
+
+class CampaignRun(models.Model):
+    class Status(models.TextChoices):
+        INITIALIZED = "initialized", "Initialized"
+        WAITING = "waiting", "Waiting on queue"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        TERMINATED = "terminated", "Terminated"
+        FILTERED = "filtered", "Filtered"
+
+    # Runs in these statuses still have work that a worker may pick up.
+    IN_PROGRESS = (Status.INITIALIZED, Status.WAITING, Status.RUNNING, Status.PAUSED)
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.INITIALIZED)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    error = models.TextField(blank=True)
+    total_recipients = models.PositiveIntegerField(default=0)
+    total_filtered = models.PositiveIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [
+            models.Index(
+                fields=["status"],
+                condition=Q(status__in=["initialized", "waiting", "running", "paused"]),
+                name="run_in_progress",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} · run #{self.pk}"
+
+
+class Recipient(models.Model):
+    """One contact in one run: the lead-level view of what the run did for it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PARTIAL = "partial", "Partial"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        FILTERED = "filtered", "Filtered"
+
+    class FilterReason(models.TextChoices):
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+        DO_NOT_EMAIL = "do_not_email", "Do not email"
+        DO_NOT_MASS_EMAIL = "do_not_mass_email", "Do not mass email"
+        NO_EMAIL = "no_email", "No email address"
+        INVALID_EMAIL = "invalid_email", "Invalid email address"
+        BLOCKED = "blocked", "Blocked (suppression list)"
+        DUPLICATE = "duplicate", "Duplicate address in this run"
+        NO_EMAIL_SELECTED = "no_email_selected", "Opted out of this topic"
+
+    run = models.ForeignKey(CampaignRun, on_delete=models.CASCADE, related_name="recipients")
+    contact = models.ForeignKey(
+        "contacts.Contact", on_delete=models.CASCADE, related_name="recipients"
+    )
+    email = models.CharField(max_length=254, blank=True, help_text="The address when the run began.")
+    account = models.ForeignKey(
+        SendingAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="recipients"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    filter_reason = models.CharField(
+        max_length=20, choices=FilterReason.choices, blank=True, default=""
+    )
+    last_action_at = models.DateTimeField(null=True, blank=True)
+    # First-seen times, so report counts are plain filtered COUNTs.
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+    replied_at = models.DateTimeField(null=True, blank=True)
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    complained_at = models.DateTimeField(null=True, blank=True)
+    bounced_at = models.DateTimeField(null=True, blank=True)
+    lead_at = models.DateTimeField(null=True, blank=True)
+    opportunity_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "contact"], name="recipient_run_contact_unique"),
+            models.CheckConstraint(
+                condition=Q(status="filtered", filter_reason__gt="")
+                | (~Q(status="filtered") & Q(filter_reason="")),
+                name="recipient_filter_reason_iff_filtered",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["run", "status"], name="recipient_run_status"),
+            models.Index(fields=["run", "filter_reason"], name="recipient_run_filter"),
+            models.Index(fields=["contact", "run"], name="recipient_contact"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email or f"Recipient #{self.pk}"
+
+
+class Message(models.Model):
+    """One email: one step to one recipient. Its status is written only by tracking.services."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Unsent"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        SOFT_BOUNCED = "soft_bounced", "Soft bounced"
+        BOUNCED = "bounced", "Bounced"
+        FAILED = "failed", "Failed"
+        DELIVERED = "delivered", "Delivered"
+        OPENED = "opened", "Opened"
+        CLICKED = "clicked", "Clicked"
+        REPLIED = "replied", "Replied"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # Waiting for a worker: the dispatcher's queue.
+    DUE_STATUSES = (Status.QUEUED, Status.SOFT_BOUNCED)
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="messages")
+    # Denormalised from the recipient so the Sent emails list and the dispatcher filter by run
+    # without a join.
+    run = models.ForeignKey(CampaignRun, on_delete=models.CASCADE, related_name="messages")
+    step = models.ForeignKey(CampaignStep, on_delete=models.PROTECT, related_name="messages")
+    account = models.ForeignKey(
+        SendingAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
+    )
+    message_id = models.CharField("Message-ID", max_length=255, unique=True)
+    esp_message_id = models.CharField("ESP message id", max_length=255, blank=True)
+    status = models.CharField(
+        max_length=12, choices=Status.choices, default=Status.QUEUED, editable=False
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    smtp_code = models.PositiveSmallIntegerField("SMTP code", null=True, blank=True)
+    smtp_status = models.CharField("enhanced status", max_length=16, blank=True)
+    smtp_response = models.TextField("SMTP reply", blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+    replied_at = models.DateTimeField(null=True, blank=True)
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    complained_at = models.DateTimeField(null=True, blank=True)
+    open_count = models.PositiveIntegerField(default=0)
+    click_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["recipient", "step"], name="message_recipient_step"),
+        ]
+        indexes = [
+            # The dispatcher's poll: due messages per account, oldest first.
+            models.Index(
+                fields=["account", "next_attempt_at"],
+                condition=Q(status__in=["queued", "soft_bounced"]),
+                name="message_due",
+            ),
+            # In-doubt detection and today's quota.
+            models.Index(
+                fields=["account", "claimed_at"],
+                condition=Q(status="sending"),
+                name="message_in_flight",
+            ),
+            models.Index(fields=["account", "sent_at"], name="message_account_sent"),
+            models.Index(fields=["run", "status"], name="message_run_status"),
+            models.Index(fields=["status", "-created"], name="message_status_created"),
+            models.Index(
+                fields=["esp_message_id"], condition=~Q(esp_message_id=""), name="message_esp_id"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.message_id
