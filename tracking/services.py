@@ -1,0 +1,255 @@
+"""The delivery state machine: the only writer of `Message.status`.
+
+Every change of a message's status goes through `message_transition` (one message, any source
+of events) or `messages_transition` (a batch in one status, for the sender's claims, outcomes and
+cancellations). Both apply the transition table below in a conditional UPDATE and write the
+event row in the same transaction, so a status never moves without its history, never moves
+backwards, and a late or replayed event cannot overwrite a better status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from campaigns.models import Message, Recipient
+from tracking.models import TrackingEvent
+
+S = Message.Status
+E = TrackingEvent.Type
+
+_ENGAGEMENT = (S.OPENED, S.CLICKED, S.REPLIED)
+
+# current status -> statuses it may move to (DESIGN.md "Statuses").
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.QUEUED: frozenset({S.SENDING, S.CANCELLED}),
+    S.SENDING: frozenset({S.SENT, S.DELIVERED, S.SOFT_BOUNCED, S.BOUNCED, S.FAILED, S.CANCELLED}),
+    S.SOFT_BOUNCED: frozenset(
+        {S.SENDING, S.SENT, S.DELIVERED, S.BOUNCED, S.FAILED, S.CANCELLED, *_ENGAGEMENT}
+    ),
+    S.SENT: frozenset({S.SOFT_BOUNCED, S.DELIVERED, S.BOUNCED, S.FAILED, *_ENGAGEMENT}),
+    # A bounce or failure can be wrong (a late DSN matched by address, a relay that gave up
+    # while the mail went through); engagement through a signed token proves delivery.
+    S.BOUNCED: frozenset(_ENGAGEMENT),
+    S.FAILED: frozenset(_ENGAGEMENT),
+    S.DELIVERED: frozenset(_ENGAGEMENT),
+    S.OPENED: frozenset({S.CLICKED, S.REPLIED}),
+    S.CLICKED: frozenset({S.REPLIED}),
+    S.REPLIED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: str, new: str) -> bool:
+    return new in TRANSITIONS.get(current, frozenset())
+
+
+# Event type -> the message's first-seen time it sets (once) and the counter it increments.
+_FIRST_SEEN: dict[str, str] = {
+    E.SENT: "sent_at",
+    E.DELIVERED: "delivered_at",
+    E.OPENED: "opened_at",
+    E.CLICKED: "clicked_at",
+    E.REPLIED: "replied_at",
+    E.UNSUBSCRIBED: "unsubscribed_at",
+    E.COMPLAINED: "complained_at",
+}
+_COUNTERS: dict[str, str] = {E.OPENED: "open_count", E.CLICKED: "click_count"}
+# Engagement proves delivery, so it also fills delivered_at when no delivery event came.
+_PROVES_DELIVERY = {E.OPENED, E.CLICKED, E.REPLIED}
+# Event type -> the recipient's first-seen time, kept for fast report counts.
+_RECIPIENT_FIRST_SEEN: dict[str, str] = {
+    E.DELIVERED: "delivered_at",
+    E.OPENED: "opened_at",
+    E.CLICKED: "clicked_at",
+    E.REPLIED: "replied_at",
+    E.UNSUBSCRIBED: "unsubscribed_at",
+    E.COMPLAINED: "complained_at",
+    E.BOUNCED: "bounced_at",
+}
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    event: TrackingEvent | None
+    changed: bool  # the status moved
+    duplicate: bool = False  # the dedupe key was seen before: nothing was recorded again
+
+    @property
+    def from_status(self) -> str:
+        return self.event.from_status if self.event else ""
+
+
+def _facts(event_type: str, occurred_at: datetime) -> dict[str, Any]:
+    """Field updates an event makes whether or not the status moves."""
+    facts: dict[str, Any] = {}
+    if field := _FIRST_SEEN.get(event_type):
+        facts[field] = Coalesce(F(field), occurred_at)
+    if event_type in _PROVES_DELIVERY:
+        facts["delivered_at"] = Coalesce(F("delivered_at"), occurred_at)
+    if counter := _COUNTERS.get(event_type):
+        facts[counter] = F(counter) + 1
+    return facts
+
+
+def _recipient_facts(recipient_ids: Iterable[int], event_type: str, when: datetime) -> None:
+    fields = [_RECIPIENT_FIRST_SEEN.get(event_type)]
+    if event_type in _PROVES_DELIVERY:
+        fields.append("delivered_at")
+    updates: dict[str, Any] = {f: Coalesce(F(f), when) for f in fields if f}
+    if updates:
+        Recipient.objects.filter(pk__in=list(recipient_ids)).update(last_action_at=when, **updates)
+
+
+def message_transition(
+    *,
+    message_id: int | None,
+    event_type: str,
+    source: str,
+    status: str | None = None,
+    occurred_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    fields: Mapping[str, Any] | None = None,
+    **event_fields: Any,
+) -> TransitionResult:
+    """Record one event and, when the table allows it, move the message to `status`.
+
+    `fields` are extra Message columns written only when the status moves (the SMTP reply of
+    a send attempt, the next attempt time). The event is stored even when the status does not
+    move, or when no message matched (`message_id` None); an event whose `dedupe_key` was seen
+    before records nothing and reports `duplicate`.
+    """
+    occurred_at = occurred_at or timezone.now()
+    if dedupe_key and TrackingEvent.objects.filter(dedupe_key=dedupe_key).exists():
+        return TransitionResult(event=None, changed=False, duplicate=True)
+    try:
+        with transaction.atomic():
+            return _apply(
+                message_id=message_id,
+                event_type=event_type,
+                source=source,
+                status=status,
+                occurred_at=occurred_at,
+                dedupe_key=dedupe_key,
+                fields=fields or {},
+                event_fields=event_fields,
+            )
+    except IntegrityError:
+        # Two deliveries of the same event raced; the other one recorded it.
+        if dedupe_key and TrackingEvent.objects.filter(dedupe_key=dedupe_key).exists():
+            return TransitionResult(event=None, changed=False, duplicate=True)
+        raise
+
+
+def _apply(
+    *,
+    message_id: int | None,
+    event_type: str,
+    source: str,
+    status: str | None,
+    occurred_at: datetime,
+    dedupe_key: str | None,
+    fields: Mapping[str, Any],
+    event_fields: dict[str, Any],
+) -> TransitionResult:
+    current = ""
+    changed = False
+    if message_id is not None:
+        facts = _facts(event_type, occurred_at)
+        # Optimistic: read the status, then update only if it is still that status. A
+        # concurrent writer makes the UPDATE match nothing, and we read again.
+        for _attempt in range(5):
+            row = Message.objects.filter(pk=message_id).values("status", "recipient_id").first()
+            if row is None:
+                message_id = None
+                break
+            current = row["status"]
+            if not status or not can_transition(current, status):
+                if facts:
+                    Message.objects.filter(pk=message_id).update(**facts)
+                break
+            updated = Message.objects.filter(pk=message_id, status=current).update(
+                status=status, status_changed_at=occurred_at, **facts, **fields
+            )
+            if updated == 1:
+                changed = True
+                break
+        else:  # pragma: no cover - needs five concurrent writers on one message
+            raise RuntimeError(f"message {message_id} kept changing under us")
+        if message_id is not None:
+            _recipient_facts([row["recipient_id"]], event_type, occurred_at)
+    event = TrackingEvent.objects.create(
+        message_id=message_id,
+        type=event_type,
+        source=source,
+        occurred_at=occurred_at,
+        dedupe_key=dedupe_key or _fresh_key(),
+        from_status=current,
+        to_status=status if changed else "",
+        **event_fields,
+    )
+    return TransitionResult(event=event, changed=changed)
+
+
+def messages_transition(
+    *,
+    message_ids: Iterable[int],
+    from_status: str,
+    status: str,
+    event_type: str,
+    source: str,
+    occurred_at: datetime | None = None,
+    fields: Mapping[str, Any] | None = None,
+    detail: str = "",
+) -> list[int]:
+    """Move a batch of messages that are all in `from_status` to `status`, set-wise.
+
+    Returns the ids that moved (a message another writer moved first is left out) and writes
+    one event row for each. Used for claims, batch outcomes and cancellations, where a loop of
+    single transitions would cost a round trip per email.
+    """
+    if not can_transition(from_status, status):
+        raise ValueError(f"{from_status} -> {status} is not a transition of a message")
+    ids = list(message_ids)
+    if not ids:
+        return []
+    occurred_at = occurred_at or timezone.now()
+    facts = _facts(event_type, occurred_at)
+    with transaction.atomic():
+        # Lock the rows we are about to move so the set we report is exactly the set moved.
+        candidates = Message.objects.filter(pk__in=ids, status=from_status)
+        moved = list(candidates.select_for_update().values_list("pk", "recipient_id"))
+        if not moved:
+            return []
+        moved_ids = [pk for pk, _ in moved]
+        Message.objects.filter(pk__in=moved_ids).update(
+            status=status, status_changed_at=occurred_at, **facts, **(fields or {})
+        )
+        _recipient_facts({rid for _, rid in moved}, event_type, occurred_at)
+        TrackingEvent.objects.bulk_create(
+            TrackingEvent(
+                message_id=pk,
+                type=event_type,
+                source=source,
+                occurred_at=occurred_at,
+                dedupe_key=_fresh_key(),
+                from_status=from_status,
+                to_status=status,
+                detail=detail,
+            )
+            for pk in moved_ids
+        )
+    return moved_ids
+
+
+def _fresh_key() -> str:
+    """A dedupe key for events that cannot arrive twice (our own actions)."""
+    return f"local:{uuid.uuid4().hex}"
