@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 # Migrates, loads the demo data, prints the login, then runs the workers and the admin until
 # Ctrl-C.
 demo: install
-	$(PY) manage.py demo $(DEMO_ARGS)
+	$(PY) manage.py demo --login-file var/demo-login.txt $(DEMO_ARGS)
 	@$(MAKE) --no-print-directory serve
 
 serve: install
@@ -27,7 +27,8 @@ serve: install
 	$(PY) manage.py qcluster & \
 	$(PY) manage.py runserver $(HOST):$(PORT) --noreload & \
 	sleep 2; \
-	echo; echo "LeadCenter is running: http://$(HOST):$(PORT)/admin/ (login printed above; also in var/demo-login.txt)"; \
+	echo; echo "LeadCenter is running: http://$(HOST):$(PORT)/admin/"; \
+	if [ -f var/demo-login.txt ]; then cat var/demo-login.txt; fi; \
 	echo "Workers (qcluster) are running too. Ctrl-C stops both."; \
 	wait
 
