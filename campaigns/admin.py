@@ -1,3 +1,459 @@
-from django.contrib import admin
+from __future__ import annotations
 
-# Register your models here.
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django import forms
+from django.contrib import admin
+from django.db.models import Count, Exists, OuterRef, QuerySet
+from django.http import HttpRequest
+from django.utils.text import Truncator
+
+from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
+from tracking.models import Rejection, TrackingEvent
+
+WEEKDAY_NAMES = {"1": "Mon", "2": "Tue", "3": "Wed", "4": "Thu", "5": "Fri", "6": "Sat", "7": "Sun"}
+# Ranges read as ranges ("Mon\u2013Fri"), not as a minus sign.
+EN_DASH = "\u2013"
+
+
+def weekdays_display(weekdays: str) -> str:
+    """ISO weekday digits as names: '12345' is Mon to Fri as a range, '1357' a list of four,
+    '12367' a range of three then Sat, Sun."""
+    days = sorted({int(d) for d in weekdays if d in WEEKDAY_NAMES})
+    # Empty means no restriction, as the dispatcher reads it (campaigns.selectors).
+    if len(days) == 7 or not days:
+        return "every day"
+    runs: list[list[int]] = []
+    for day in days:
+        if runs and day == runs[-1][-1] + 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    parts: list[str] = []
+    for run in runs:
+        names = [WEEKDAY_NAMES[str(d)] for d in run]
+        parts.append(f"{names[0]}{EN_DASH}{names[-1]}" if len(names) > 2 else ", ".join(names))
+    return ", ".join(parts)
+
+
+def active_hours_display(account: SendingAccount) -> str:
+    """A compact '09:00-17:00 Mon-Fri' (with en dashes), plus the time zone when not UTC."""
+    start = account.active_from.strftime("%H:%M") if account.active_from else "00:00"
+    end = account.active_until.strftime("%H:%M") if account.active_until else "24:00"
+    text = f"{start}{EN_DASH}{end} {weekdays_display(account.active_weekdays)}"
+    if account.timezone and account.timezone != "UTC":
+        text += f" ({account.timezone})"
+    return text
+
+
+class InspectOnlyAdmin(admin.ModelAdmin):
+    """Rows the pipeline writes (runs by launching, messages by the sender): people look at them
+    here; adding or editing them by hand would bypass the one writer of their state."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class SendingAccountForm(forms.ModelForm):
+    # Write-only: the stored password is never sent back to the browser.
+    smtp_password = forms.CharField(
+        label="SMTP password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Never shown again. Leave empty to keep the stored password.",
+    )
+    clear_smtp_password = forms.BooleanField(
+        label="Remove the stored SMTP password", required=False
+    )
+
+    class Meta:
+        model = SendingAccount
+        fields = [
+            "name",
+            "from_email",
+            "from_name",
+            "is_active",
+            "smtp_host",
+            "smtp_port",
+            "smtp_security",
+            "smtp_username",
+            "smtp_password",
+            "smtp_timeout",
+            "esp",
+            "return_path",
+            "confirms_delivery",
+            "daily_limit",
+            "per_minute_limit",
+            "active_from",
+            "active_until",
+            "active_weekdays",
+            "timezone",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Not even as the initial value: it would also make every save look like a password
+        # change in the history.
+        self.initial["smtp_password"] = ""
+
+    def clean_timezone(self) -> str:
+        value = self.cleaned_data["timezone"]
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise forms.ValidationError("Not a known time zone, e.g. 'Europe/Paris'.") from exc
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("clear_smtp_password"):
+            cleaned["smtp_password"] = ""
+        elif not cleaned.get("smtp_password") and self.instance.pk:
+            # The instance still holds the stored value here (the form writes into it later).
+            cleaned["smtp_password"] = self.instance.smtp_password
+        return cleaned
+
+
+@admin.register(SendingAccount)
+class SendingAccountAdmin(admin.ModelAdmin):
+    form = SendingAccountForm
+    list_display = [
+        "name",
+        "from_email",
+        "smtp_host",
+        "daily_limit",
+        "active_hours",
+        "is_active",
+        "last_error_at",
+    ]
+    list_filter = ["is_active", "smtp_security", "confirms_delivery"]
+    search_fields = ["name", "from_email", "smtp_host", "smtp_username"]
+    # Written by the sender when the account fails; cleared by it when it works again.
+    readonly_fields = ["consecutive_failures", "last_error", "last_error_at", "created"]
+    fieldsets = [
+        (None, {"fields": ["name", "from_email", "from_name", "is_active"]}),
+        (
+            "SMTP",
+            {
+                "fields": [
+                    "smtp_host",
+                    "smtp_port",
+                    "smtp_security",
+                    "smtp_username",
+                    "smtp_password",
+                    "clear_smtp_password",
+                    "smtp_timeout",
+                ]
+            },
+        ),
+        ("ESP", {"fields": ["esp"]}),
+        ("Bounces and delivery", {"fields": ["return_path", "confirms_delivery"]}),
+        (
+            "Limits and active hours",
+            {
+                "fields": [
+                    "daily_limit",
+                    "per_minute_limit",
+                    "active_from",
+                    "active_until",
+                    "active_weekdays",
+                    "timezone",
+                ]
+            },
+        ),
+        ("Health", {"fields": ["consecutive_failures", "last_error", "last_error_at", "created"]}),
+    ]
+
+    @admin.display(description="active hours")
+    def active_hours(self, obj: SendingAccount) -> str:
+        return active_hours_display(obj)
+
+
+class CampaignStepInline(admin.StackedInline):
+    model = CampaignStep
+    ordering = ["position"]
+    fields = ["position", "subject", "delay", "stop_on_reply", "html_body", "text_body"]
+
+    def get_extra(self, request: HttpRequest, obj: Campaign | None = None, **kwargs: Any) -> int:
+        # A new campaign needs its first email; an existing one already shows its steps.
+        return 1 if obj is None else 0
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "state",
+        "owner",
+        "topic",
+        "step_count",
+        "track_opens",
+        "track_clicks",
+        "created",
+    ]
+    list_filter = ["state", "owner", "topic"]
+    search_fields = ["name"]
+    list_select_related = ["owner", "topic"]
+    autocomplete_fields = ["owner", "topic", "lists", "accounts"]
+    # The state moves by launching, pausing, resuming and finishing, never by editing.
+    readonly_fields = ["state", "created", "updated"]
+    inlines = [CampaignStepInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
+        return super().get_queryset(request).annotate(_step_count=Count("steps"))
+
+    @admin.display(description="steps", ordering="_step_count")
+    def step_count(self, obj: Campaign) -> int:
+        return obj._step_count
+
+
+@admin.register(CampaignStep)
+class CampaignStepAdmin(admin.ModelAdmin):
+    list_display = ["campaign", "position", "subject", "delay", "stop_on_reply"]
+    list_filter = ["campaign"]
+    search_fields = ["subject", "campaign__name"]
+    list_select_related = ["campaign"]
+    autocomplete_fields = ["campaign"]
+
+
+@admin.register(CampaignRun)
+class CampaignRunAdmin(InspectOnlyAdmin):
+    list_display = [
+        "__str__",
+        "campaign",
+        "status",
+        "started_at",
+        "finished_at",
+        "started_by",
+        "total_recipients",
+        "total_filtered",
+    ]
+    list_filter = ["status", "campaign"]
+    search_fields = ["campaign__name"]
+    list_select_related = ["campaign", "started_by"]
+    date_hierarchy = "created"
+    readonly_fields = [
+        "status",
+        "started_at",
+        "finished_at",
+        "started_by",
+        "error",
+        "total_recipients",
+        "total_filtered",
+        "created",
+    ]
+
+
+@admin.register(Recipient)
+class RecipientAdmin(InspectOnlyAdmin):
+    list_display = [
+        "email",
+        "contact",
+        "run",
+        "account",
+        "status",
+        "filter_reason",
+        "last_action_at",
+    ]
+    list_filter = ["status", "filter_reason", "run__campaign", "account"]
+    search_fields = ["email", "contact__first_name", "contact__last_name"]
+    list_select_related = ["contact", "run__campaign", "account"]
+    # Big table: a COUNT of all of it on every filtered page view is not worth its cost.
+    show_full_result_count = False
+    # Should editing ever be allowed, never render a <select> over every contact or run.
+    raw_id_fields = ["contact", "run"]
+    readonly_fields = [
+        "status",
+        "filter_reason",
+        "last_action_at",
+        "steps_sent",
+        "next_step_at",
+        "delivered_at",
+        "opened_at",
+        "clicked_at",
+        "replied_at",
+        "unsubscribed_at",
+        "complained_at",
+        "bounced_at",
+        "lead_at",
+        "opportunity_at",
+    ]
+    fieldsets = [
+        (None, {"fields": ["run", "contact", "email", "account"]}),
+        (
+            "Progress",
+            {"fields": ["status", "filter_reason", "last_action_at", "steps_sent", "next_step_at"]},
+        ),
+        (
+            "First seen",
+            {
+                "fields": [
+                    "delivered_at",
+                    "opened_at",
+                    "clicked_at",
+                    "replied_at",
+                    "unsubscribed_at",
+                    "complained_at",
+                    "bounced_at",
+                    "lead_at",
+                    "opportunity_at",
+                ]
+            },
+        ),
+    ]
+
+
+class RejectionCategoryFilter(admin.SimpleListFilter):
+    title = "rejection"
+    parameter_name = "rejection"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return list(Rejection.Category.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet:
+        if self.value() in Rejection.Category.values:
+            # EXISTS rather than a join: a message can have several rejections, and a join
+            # would list it once per rejection.
+            return queryset.filter(
+                Exists(Rejection.objects.filter(message=OuterRef("pk"), category=self.value()))
+            )
+        return queryset
+
+
+class TrackingEventInline(admin.TabularInline):
+    model = TrackingEvent
+    fields = ["occurred_at", "type", "source", "from_status", "to_status", "is_machine", "detail"]
+    readonly_fields = fields
+    ordering = ["occurred_at", "id"]
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Message)
+class MessageAdmin(InspectOnlyAdmin):
+    """The Sent emails page."""
+
+    list_display = [
+        "contact",
+        "address",
+        "campaign",
+        "step_position",
+        "account",
+        "status",
+        "status_changed",
+        "smtp_code",
+        "smtp_reply",
+    ]
+    list_filter = [
+        "status",
+        "run__campaign",
+        "account",
+        "recipient__contact__owner",
+        RejectionCategoryFilter,
+        "created",
+    ]
+    search_fields = [
+        "recipient__email",
+        "recipient__contact__email",
+        "recipient__contact__first_name",
+        "recipient__contact__last_name",
+        "message_id",
+    ]
+    list_select_related = ["recipient__contact", "run__campaign", "step", "account"]
+    show_full_result_count = False
+    raw_id_fields = ["recipient", "run", "step"]
+    # Everything here is written by the sender and the tracking state machine.
+    readonly_fields = [
+        "status",
+        "status_changed_at",
+        "attempts",
+        "next_attempt_at",
+        "claimed_at",
+        "smtp_code",
+        "smtp_status",
+        "smtp_response",
+        "created",
+        "sent_at",
+        "delivered_at",
+        "opened_at",
+        "clicked_at",
+        "replied_at",
+        "unsubscribed_at",
+        "complained_at",
+        "open_count",
+        "click_count",
+    ]
+    fieldsets = [
+        (None, {"fields": ["recipient", "run", "step", "account", "message_id", "esp_message_id"]}),
+        (
+            "Delivery",
+            {
+                "fields": [
+                    "status",
+                    "status_changed_at",
+                    "attempts",
+                    "next_attempt_at",
+                    "claimed_at",
+                    "smtp_code",
+                    "smtp_status",
+                    "smtp_response",
+                ]
+            },
+        ),
+        (
+            "Timeline",
+            {
+                "fields": [
+                    "created",
+                    "sent_at",
+                    "delivered_at",
+                    "opened_at",
+                    "clicked_at",
+                    "replied_at",
+                    "unsubscribed_at",
+                    "complained_at",
+                    "open_count",
+                    "click_count",
+                ]
+            },
+        ),
+    ]
+    inlines = [TrackingEventInline]
+
+    @admin.display(description="contact", ordering="recipient__contact__last_name")
+    def contact(self, obj: Message) -> str:
+        contact = obj.recipient.contact
+        return contact.full_name or str(contact)
+
+    @admin.display(description="address", ordering="recipient__email")
+    def address(self, obj: Message) -> str:
+        return obj.recipient.email
+
+    @admin.display(description="campaign", ordering="run__campaign__name")
+    def campaign(self, obj: Message) -> str:
+        return obj.run.campaign.name
+
+    @admin.display(description="step", ordering="step__position")
+    def step_position(self, obj: Message) -> int:
+        return obj.step.position
+
+    @admin.display(description="status changed", ordering="status_changed_at")
+    def status_changed(self, obj: Message) -> datetime | None:
+        return obj.status_changed_at
+
+    @admin.display(description="SMTP reply")
+    def smtp_reply(self, obj: Message) -> str:
+        return Truncator(obj.smtp_response).chars(60)

@@ -50,7 +50,9 @@ class SendingAccount(models.Model):
         max_length=7,
         default="12345",
         blank=True,
-        validators=[RegexValidator(r"^[1-7]{0,7}$", "ISO weekdays as digits: 1 Monday ... 7 Sunday.")],
+        validators=[
+            RegexValidator(r"^[1-7]{0,7}$", "ISO weekdays as digits: 1 Monday ... 7 Sunday.")
+        ],
         help_text="ISO weekdays as digits, 1 Monday ... 7 Sunday: '12345' for Monday to Friday.",
     )
     timezone = models.CharField(max_length=64, default="UTC")
@@ -207,7 +209,9 @@ class Recipient(models.Model):
     contact = models.ForeignKey(
         "contacts.Contact", on_delete=models.CASCADE, related_name="recipients"
     )
-    email = models.CharField(max_length=254, blank=True, help_text="The address when the run began.")
+    email = models.CharField(
+        max_length=254, blank=True, help_text="The address when the run began."
+    )
     account = models.ForeignKey(
         SendingAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="recipients"
     )
@@ -216,6 +220,12 @@ class Recipient(models.Model):
         max_length=20, choices=FilterReason.choices, blank=True, default=""
     )
     last_action_at = models.DateTimeField(null=True, blank=True)
+    steps_sent = models.PositiveSmallIntegerField(
+        default=0, help_text="Position of the last step that went out."
+    )
+    next_step_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the next follow-up falls due; empty if none."
+    )
     # First-seen times, so report counts are plain filtered COUNTs.
     delivered_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
@@ -241,6 +251,12 @@ class Recipient(models.Model):
             models.Index(fields=["run", "status"], name="recipient_run_status"),
             models.Index(fields=["run", "filter_reason"], name="recipient_run_filter"),
             models.Index(fields=["contact", "run"], name="recipient_contact"),
+            # The follow-up scheduler's poll.
+            models.Index(
+                fields=["next_step_at"],
+                condition=Q(next_step_at__isnull=False),
+                name="recipient_follow_up_due",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -298,6 +314,9 @@ class Message(models.Model):
     click_count = models.PositiveIntegerField(default=0)
 
     class Meta:
+        # The admin's "Sent emails" page, as support agents and the help pages call it.
+        verbose_name = "sent email"
+        verbose_name_plural = "sent emails"
         ordering = ["-created", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["recipient", "step"], name="message_recipient_step"),
@@ -315,7 +334,8 @@ class Message(models.Model):
                 condition=Q(status="sending"),
                 name="message_in_flight",
             ),
-            models.Index(fields=["account", "sent_at"], name="message_account_sent"),
+            # Today's quota and the per-minute limit: attempts counted by claim time.
+            models.Index(fields=["account", "claimed_at"], name="message_account_claimed"),
             models.Index(fields=["run", "status"], name="message_run_status"),
             models.Index(fields=["status", "-created"], name="message_status_created"),
             models.Index(

@@ -1,3 +1,189 @@
-from django.contrib import admin
+from __future__ import annotations
 
-# Register your models here.
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from contacts.models import Contact, ContactList, Suppression, Topic
+
+
+@admin.register(Topic)
+class TopicAdmin(admin.ModelAdmin):
+    list_display = ["name", "description"]
+    search_fields = ["name"]
+
+
+@admin.register(ContactList)
+class ContactListAdmin(admin.ModelAdmin):
+    list_display = ["name", "description", "contact_count", "created"]
+    search_fields = ["name"]
+    readonly_fields = ["created"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ContactList]:
+        # One grouped query for the whole page instead of a COUNT per row.
+        return super().get_queryset(request).annotate(_contact_count=Count("contacts"))
+
+    @admin.display(description="contacts", ordering="_contact_count")
+    def contact_count(self, obj: ContactList) -> int:
+        return obj._contact_count
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    list_display = [
+        "email",
+        "first_name",
+        "last_name",
+        "company",
+        "owner",
+        "stage",
+        "email_status",
+        "do_not_email",
+        "do_not_mass_email",
+        "unsubscribed_at",
+    ]
+    list_filter = [
+        "email_status",
+        "do_not_email",
+        "do_not_mass_email",
+        "stage",
+        "owner",
+        "lists",
+    ]
+    search_fields = ["email", "first_name", "last_name", "company"]
+    list_select_related = ["owner"]
+    autocomplete_fields = ["owner", "lists", "opted_out_topics"]
+    # Written by the delivery pipeline (hard rejections, unsubscribes) or by the stage change
+    # itself; a person changes the flags, not the record of when they changed.
+    readonly_fields = [
+        "invalid_at",
+        "unsubscribed_at",
+        "lead_at",
+        "opportunity_at",
+        "created",
+        "updated",
+    ]
+    fieldsets = [
+        (None, {"fields": ["email", "first_name", "last_name", "company", "owner"]}),
+        ("Address status", {"fields": ["email_status", "invalid_reason", "invalid_at"]}),
+        (
+            "Consent",
+            {
+                "fields": [
+                    "do_not_email",
+                    "do_not_mass_email",
+                    "unsubscribed_at",
+                    "opted_out_topics",
+                ]
+            },
+        ),
+        ("Stage", {"fields": ["stage", "lead_at", "opportunity_at"]}),
+        ("Lists", {"fields": ["lists"]}),
+        ("Record", {"fields": ["created", "updated"]}),
+    ]
+
+
+class ActiveSuppressionFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "active"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Active"), ("no", "Lifted")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Suppression]) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(lifted_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(lifted_at__isnull=False)
+        return queryset
+
+
+class SuppressionForm(forms.ModelForm):
+    class Meta:
+        model = Suppression
+        fields = ["email", "reason", "source", "note", "lift_reason"]
+
+    def clean_email(self) -> str:
+        # The table is lower-case only (a check constraint) so audience preparation can join on
+        # it; normalise here rather than let the constraint refuse a typed capital.
+        return self.cleaned_data["email"].strip().lower()
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        # Django skips the "one active entry per address and reason" constraint here because
+        # lifted_at is not a form field; without this check the insert fails with a 500.
+        if (
+            self.instance.pk is None
+            and Suppression.objects.filter(
+                email=cleaned.get("email"), reason=cleaned.get("reason"), lifted_at__isnull=True
+            ).exists()
+        ):
+            raise forms.ValidationError("This address is already suppressed for this reason.")
+        return cleaned
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    form = SuppressionForm
+    list_display = [
+        "email",
+        "reason",
+        "source",
+        "created",
+        "created_by",
+        "is_active",
+        "lifted_at",
+        "lifted_by",
+    ]
+    list_filter = [ActiveSuppressionFilter, "reason"]
+    search_fields = ["email"]
+    list_select_related = ["created_by", "lifted_by"]
+    date_hierarchy = "created"
+    readonly_fields = ["created", "created_by", "lifted_at", "lifted_by"]
+    fieldsets = [
+        (None, {"fields": ["email", "reason", "source", "note", "created", "created_by"]}),
+        ("Lifted", {"fields": ["lifted_at", "lifted_by", "lift_reason"]}),
+    ]
+    actions = ["lift_suppressions"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Suppression | None = None) -> list:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # An entry is history: what was blocked and why stays as recorded; lift it instead.
+            fields += ["email", "reason", "source"]
+        return fields
+
+    def save_model(self, request: HttpRequest, obj: Suppression, form, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+            obj.source = obj.source or "admin"
+        super().save_model(request, obj, form, change)
+
+    @admin.display(boolean=True, description="active", ordering="lifted_at")
+    def is_active(self, obj: Suppression) -> bool:
+        return obj.is_active
+
+    @admin.action(description="Lift selected suppressions", permissions=["change"])
+    def lift_suppressions(self, request: HttpRequest, queryset: QuerySet[Suppression]) -> None:
+        active = list(queryset.filter(lifted_at__isnull=True))
+        now = timezone.now()
+        # Conditional on still being active, so a concurrent lift keeps its own who and when.
+        lifted = Suppression.objects.filter(
+            pk__in=[s.pk for s in active], lifted_at__isnull=True
+        ).update(lifted_at=now, lifted_by=request.user)
+        LogEntry.objects.log_actions(
+            user_id=request.user.pk,
+            queryset=active,
+            action_flag=CHANGE,
+            change_message="Lifted the suppression.",
+        )
+        self.message_user(
+            request,
+            f"Lifted {lifted} suppression{'s' if lifted != 1 else ''}.",
+            messages.SUCCESS,
+        )

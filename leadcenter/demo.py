@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import socket
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,7 @@ class DemoSummary:
     lists: dict[str, int] = field(default_factory=dict)
     accounts: list[str] = field(default_factory=list)
     campaigns: dict[str, int] = field(default_factory=dict)  # name -> number of steps
+    runs: list[str] = field(default_factory=list)  # one line per demo run sent
     admin_url: str = ADMIN_URL
     admin_username: str = ADMIN_USERNAME
 
@@ -184,8 +186,11 @@ def demo_load(
     seed: int = 7,
     password: str | None = None,
     smtp_port: int = 2525,
+    send: bool = True,
+    bounce_maildir: str = "var/bounces",
 ) -> DemoSummary:
-    """Migrate, set up the roles and load the demo data set. Safe to run again."""
+    """Migrate, set up the roles, load the demo data set and send demo runs through the
+    simulated internet. Safe to run again."""
     call_command("migrate", interactive=False, verbosity=0)
     # Swallow its output: the demo prints one summary of its own.
     call_command("setup_roles", stdout=StringIO())
@@ -209,7 +214,10 @@ def demo_load(
         accounts = demo_accounts_ensure(smtp_port=smtp_port)
         demo_campaigns_ensure(users=users, topics=topics, lists=lists, accounts=accounts)
 
+    runs = demo_runs_send(smtp_port=smtp_port, bounce_maildir=bounce_maildir) if send else []
+
     return DemoSummary(
+        runs=runs,
         password=password,
         password_generated=password_generated,
         users=[(u.username, u.group) for u in DEMO_USERS],
@@ -227,6 +235,77 @@ def demo_load(
             .values_list("name", "n")
         ),
     )
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def demo_runs_send(*, smtp_port: int, bounce_maildir: str) -> list[str]:
+    """Real runs through the simulated internet, so every page has real figures: the
+    newsletter completed, the product launch running with follow-ups due, the webinar
+    invitation paused part-way. Only once: campaigns that already ran are left alone."""
+    from campaigns.models import CampaignRun
+    from campaigns.services import campaign_launch, campaign_pause, dispatch_due, run_prepare
+    from campaigns.simulator import SimulatedInternet, SimulatorServer
+
+    names = ["Customer newsletter November", "Webinar invitation", "Spring product launch"]
+    if CampaignRun.objects.filter(campaign__name__in=names).exists():
+        return []
+    simulator = None
+    if not _listening(smtp_port):
+        handler = SimulatedInternet(spread=True, bounce_maildir=bounce_maildir, keep=False)
+        simulator = SimulatorServer(handler, port=smtp_port).__enter__()
+    lines = []
+    try:
+        for name in names:
+            campaign = Campaign.objects.get(name=name)
+            run = run_prepare(run=campaign_launch(campaign=campaign, enqueue=False))
+            if name == "Webinar invitation":
+                dispatch_due(max_messages=max(1, run.total_recipients // 3))
+                campaign_pause(campaign=campaign)
+            elif name == "Customer newsletter November":
+                dispatch_due()
+                # History: this run went out four days ago, so its soft bounces have been
+                # retried until they were given up, and the run is complete.
+                _demo_age_run(run, timedelta(days=4))
+                dispatch_due()
+            else:
+                # The accounts' per-minute limits end this pass; the workers go on after.
+                while dispatch_due().claimed:
+                    pass
+            run.refresh_from_db()
+            sent = run.messages.exclude(status__in=["queued", "sending"]).count()
+            lines.append(
+                f"{name}: run #{run.pk} {run.get_status_display().lower()}, "
+                f"{sent} of {run.total_recipients - run.total_filtered} emails out, "
+                f"{run.total_filtered} contacts filtered"
+            )
+    finally:
+        if simulator is not None:
+            simulator.__exit__(None, None, None)
+    return lines
+
+
+def _demo_age_run(run, age: timedelta) -> None:
+    """Move a demo run's history back in time (demo data only)."""
+    from django.db.models import F
+
+    from campaigns.models import CampaignRun, Message
+    from tracking.models import TrackingEvent
+
+    shift = {
+        f: F(f) - age
+        for f in ("created", "claimed_at", "sent_at", "status_changed_at", "delivered_at")
+    }
+    Message.objects.filter(run=run).update(**shift)
+    Message.objects.filter(run=run, status=Message.Status.SOFT_BOUNCED).update(
+        next_attempt_at=timezone.now()
+    )
+    TrackingEvent.objects.filter(message__run=run).update(occurred_at=F("occurred_at") - age)
+    CampaignRun.objects.filter(pk=run.pk).update(started_at=F("started_at") - age)
 
 
 def demo_users_ensure(*, password: str) -> dict[str, AbstractUser]:

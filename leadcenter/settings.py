@@ -6,7 +6,9 @@ Production sets DEBUG=false, SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -31,6 +33,17 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 LEADCENTER_BASE_URL = env_str("LEADCENTER_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 LEADCENTER_SOFT_BOUNCE_MAX_AGE = env_duration("LEADCENTER_SOFT_BOUNCE_MAX_AGE", "3d")
 LEADCENTER_UNSUBSCRIBE_MAILTO = env_str("LEADCENTER_UNSUBSCRIBE_MAILTO", "")
+# Sending: messages claimed per batch; first retry delay of a soft bounce (doubling each time,
+# at most six hours); consecutive failures of our own side before an account is switched off;
+# how long a claimed message may stay unanswered before it is reported as in doubt.
+LEADCENTER_BATCH_SIZE = env_int("LEADCENTER_BATCH_SIZE", 50, minimum=1)
+LEADCENTER_RETRY_BASE = env_duration("LEADCENTER_RETRY_BASE", "5m")
+LEADCENTER_ACCOUNT_MAX_FAILURES = env_int("LEADCENTER_ACCOUNT_MAX_FAILURES", 5, minimum=1)
+LEADCENTER_IN_DOUBT_AFTER = env_duration("LEADCENTER_IN_DOUBT_AFTER", "15m")
+# Domain of our Message-ID headers; defaults to the host of LEADCENTER_BASE_URL.
+LEADCENTER_MESSAGE_ID_DOMAIN = env_str(
+    "LEADCENTER_MESSAGE_ID_DOMAIN", urlsplit(LEADCENTER_BASE_URL).hostname or "localhost"
+)
 
 INSTALLED_APPS = [
     "leadcenter.apps.LeadCenterAdminConfig",
@@ -94,6 +107,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not memory, so the tests' worker processes share the test database; one per
+    # test session, so two sessions on one machine never share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3")
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -170,5 +188,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # aiosmtpd logs every SMTP command of the simulated internet at INFO.
+        "mail.log": {"level": "WARNING"},
+    },
 }

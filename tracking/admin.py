@@ -1,3 +1,104 @@
-from django.contrib import admin
+from __future__ import annotations
 
-# Register your models here.
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.text import Truncator
+
+from tracking.models import Rejection, TrackingEvent
+
+
+class HistoryAdmin(admin.ModelAdmin):
+    """Append-only history: viewable, never added, edited or deleted by hand."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class EventSourceFilter(admin.SimpleListFilter):
+    """Fixed choices instead of the default SELECT DISTINCT over the whole event table."""
+
+    title = "source"
+    parameter_name = "source"
+    WEBHOOK = "webhook"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [*TrackingEvent.Source.choices, (self.WEBHOOK, "ESP webhook")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[TrackingEvent]) -> QuerySet:
+        if self.value() == self.WEBHOOK:
+            # Stored as "webhook:<esp>".
+            return queryset.filter(source__startswith="webhook:")
+        if self.value():
+            return queryset.filter(source=self.value())
+        return queryset
+
+
+@admin.register(TrackingEvent)
+class TrackingEventAdmin(HistoryAdmin):
+    list_display = [
+        "occurred_at",
+        "type",
+        "source",
+        "email",
+        "message",
+        "to_status",
+        "is_machine",
+        "received_at",
+    ]
+    # A date filter rather than date_hierarchy: the hierarchy runs a DISTINCT over every event's
+    # date on each page view.
+    list_filter = ["type", EventSourceFilter, "is_machine", "occurred_at"]
+    search_fields = ["email", "=dedupe_key", "message__message_id"]
+    list_select_related = ["message"]
+    show_full_result_count = False
+    raw_id_fields = ["message"]
+    fieldsets = [
+        (None, {"fields": ["message", "email", "type", "source", "occurred_at", "received_at"]}),
+        ("Status change", {"fields": ["from_status", "to_status"]}),
+        ("Detail", {"fields": ["url", "user_agent", "is_machine", "detail", "dedupe_key", "raw"]}),
+    ]
+
+
+@admin.register(Rejection)
+class RejectionAdmin(HistoryAdmin):
+    list_display = [
+        "created",
+        "email",
+        "kind",
+        "category",
+        "smtp_code",
+        "smtp_status",
+        "diagnostic_text",
+        "source",
+        "message",
+    ]
+    list_filter = ["kind", "category", "created"]
+    search_fields = ["email", "message__message_id", "smtp_status"]
+    list_select_related = ["message"]
+    show_full_result_count = False
+    raw_id_fields = ["message", "event"]
+    fields = [
+        "message",
+        "event",
+        "email",
+        "kind",
+        "category",
+        "smtp_code",
+        "smtp_status",
+        "diagnostic",
+        "source",
+        "created",
+    ]
+
+    @admin.display(description="diagnostic")
+    def diagnostic_text(self, obj: Rejection) -> str:
+        return Truncator(obj.diagnostic).chars(80)

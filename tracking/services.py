@@ -16,12 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from campaigns.models import Message, Recipient
-from tracking.models import TrackingEvent
+from contacts.services import contact_mark_invalid
+from tracking.classification import Classification
+from tracking.models import Rejection, TrackingEvent
 
 S = Message.Status
 E = TrackingEvent.Type
@@ -31,7 +33,12 @@ _ENGAGEMENT = (S.OPENED, S.CLICKED, S.REPLIED)
 # current status -> statuses it may move to (DESIGN.md "Statuses").
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.QUEUED: frozenset({S.SENDING, S.CANCELLED}),
-    S.SENDING: frozenset({S.SENT, S.DELIVERED, S.SOFT_BOUNCED, S.BOUNCED, S.FAILED, S.CANCELLED}),
+    # sending -> queued gives a claim back before any SMTP command was sent for it (the run
+    # was paused mid-batch, our relay refused our sender): nothing left us, so it is not a
+    # step backwards in delivery, and it is how "pausing keeps everything" holds.
+    S.SENDING: frozenset(
+        {S.QUEUED, S.SENT, S.DELIVERED, S.SOFT_BOUNCED, S.BOUNCED, S.FAILED, S.CANCELLED}
+    ),
     S.SOFT_BOUNCED: frozenset(
         {S.SENDING, S.SENT, S.DELIVERED, S.BOUNCED, S.FAILED, S.CANCELLED, *_ENGAGEMENT}
     ),
@@ -100,13 +107,15 @@ def _facts(event_type: str, occurred_at: datetime) -> dict[str, Any]:
     return facts
 
 
-def _recipient_facts(recipient_ids: Iterable[int], event_type: str, when: datetime) -> None:
+def _recipient_facts(
+    recipient_ids: Iterable[int] | QuerySet, event_type: str, when: datetime
+) -> None:
     fields = [_RECIPIENT_FIRST_SEEN.get(event_type)]
     if event_type in _PROVES_DELIVERY:
         fields.append("delivered_at")
     updates: dict[str, Any] = {f: Coalesce(F(f), when) for f in fields if f}
     if updates:
-        Recipient.objects.filter(pk__in=list(recipient_ids)).update(last_action_at=when, **updates)
+        Recipient.objects.filter(pk__in=recipient_ids).update(last_action_at=when, **updates)
 
 
 def message_transition(
@@ -118,6 +127,7 @@ def message_transition(
     occurred_at: datetime | None = None,
     dedupe_key: str | None = None,
     fields: Mapping[str, Any] | None = None,
+    expected_status: str | None = None,
     **event_fields: Any,
 ) -> TransitionResult:
     """Record one event and, when the table allows it, move the message to `status`.
@@ -125,7 +135,8 @@ def message_transition(
     `fields` are extra Message columns written only when the status moves (the SMTP reply of
     a send attempt, the next attempt time). The event is stored even when the status does not
     move, or when no message matched (`message_id` None); an event whose `dedupe_key` was seen
-    before records nothing and reports `duplicate`.
+    before records nothing and reports `duplicate`. A caller that knows the current status
+    (the sender, which claimed the message) passes `expected_status` and saves a read.
     """
     occurred_at = occurred_at or timezone.now()
     if dedupe_key and TrackingEvent.objects.filter(dedupe_key=dedupe_key).exists():
@@ -141,6 +152,7 @@ def message_transition(
                 dedupe_key=dedupe_key,
                 fields=fields or {},
                 event_fields=event_fields,
+                expected_status=expected_status,
             )
     except IntegrityError:
         # Two deliveries of the same event raced; the other one recorded it.
@@ -159,11 +171,26 @@ def _apply(
     dedupe_key: str | None,
     fields: Mapping[str, Any],
     event_fields: dict[str, Any],
+    expected_status: str | None = None,
 ) -> TransitionResult:
     current = ""
     changed = False
-    if message_id is not None:
-        facts = _facts(event_type, occurred_at)
+    facts = _facts(event_type, occurred_at)
+    if (
+        message_id is not None
+        and expected_status
+        and status
+        and can_transition(expected_status, status)
+        and Message.objects.filter(pk=message_id, status=expected_status).update(
+            status=status, status_changed_at=occurred_at, **facts, **fields
+        )
+        == 1
+    ):
+        current, changed = expected_status, True
+        if event_type in _RECIPIENT_FIRST_SEEN or event_type in _PROVES_DELIVERY:
+            recipient_ids = Message.objects.filter(pk=message_id).values("recipient_id")
+            _recipient_facts(recipient_ids, event_type, occurred_at)
+    elif message_id is not None:
         # Optimistic: read the status, then update only if it is still that status. A
         # concurrent writer makes the UPDATE match nothing, and we read again.
         for _attempt in range(5):
@@ -253,3 +280,64 @@ def messages_transition(
 def _fresh_key() -> str:
     """A dedupe key for events that cannot arrive twice (our own actions)."""
     return f"local:{uuid.uuid4().hex}"
+
+
+def message_reject(
+    *,
+    message_id: int,
+    classification: Classification,
+    status: str,
+    source: str,
+    smtp_code: int | None = None,
+    smtp_status: str = "",
+    diagnostic: str = "",
+    occurred_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    fields: Mapping[str, Any] | None = None,
+    raw: str = "",
+) -> TransitionResult:
+    """A failure reply for a message: its Rejection row, the status move and, when the
+    rejection is hard, the contact's address marked invalid and suppressed."""
+    event_type = E.BOUNCED if status == S.BOUNCED else E.DEFERRED
+    if status == S.FAILED:
+        event_type = E.FAILED
+    with transaction.atomic():
+        result = message_transition(
+            message_id=message_id,
+            event_type=event_type,
+            source=source,
+            status=status,
+            occurred_at=occurred_at,
+            dedupe_key=dedupe_key,
+            fields=fields,
+            detail=diagnostic,
+            raw=raw,
+        )
+        if result.duplicate:
+            return result
+        message = (
+            Message.objects.filter(pk=message_id)
+            .values("recipient__contact_id", "recipient__email")
+            .first()
+        )
+        Rejection.objects.create(
+            message_id=message_id,
+            event=result.event,
+            email=message["recipient__email"] if message else "",
+            kind=classification.kind,
+            category=classification.category,
+            smtp_code=smtp_code,
+            smtp_status=smtp_status,
+            diagnostic=diagnostic,
+            source=source,
+        )
+        # A bounce that arrives after delivery or engagement is history only: the address
+        # demonstrably worked, so it is not marked invalid.
+        if classification.is_hard and message and result.changed:
+            label = Rejection.Category(classification.category).label
+            contact_mark_invalid(
+                contact_id=message["recipient__contact_id"],
+                reason=f"{label}: {diagnostic}".strip(": "),
+                source=source,
+            )
+    return result

@@ -20,7 +20,7 @@ PASSWORD = "demo-password-for-tests"
 
 def run_demo(*args: str) -> str:
     out = StringIO()
-    call_command("demo", "--contacts", "300", *args, stdout=out)
+    call_command("demo", "--contacts", "300", "--no-send", *args, stdout=out)
     return out.getvalue()
 
 
@@ -221,3 +221,34 @@ def test_it_leaves_existing_contacts_with_a_demo_address_alone() -> None:
 
     assert Contact.objects.filter(email__iexact=taken).count() == 1
     assert Contact.objects.count() == 301
+
+
+def test_it_sends_demo_runs_through_the_simulated_internet() -> None:
+    from campaigns.models import CampaignRun
+    from campaigns.simulator import _free_port
+
+    out = StringIO()
+    call_command(
+        "demo",
+        "--contacts",
+        "300",
+        "--password",
+        PASSWORD,
+        "--smtp-port",
+        str(_free_port()),
+        stdout=out,
+    )
+
+    runs = dict(CampaignRun.objects.values_list("campaign__name", "status"))
+    assert runs == {
+        "Customer newsletter November": "completed",
+        "Webinar invitation": "paused",
+        "Spring product launch": "running",  # follow-ups are due in three days
+    }
+    assert "Demo runs sent through the simulated internet:" in out.getvalue()
+    assert CampaignRun.objects.get(status="completed").messages.filter(status="sent").exists()
+    # Run again: the runs are kept, nothing is sent twice.
+    again = StringIO()
+    call_command("demo", "--contacts", "300", "--password", PASSWORD, stdout=again)
+    assert "Demo runs were already sent; none added." in again.getvalue()
+    assert CampaignRun.objects.count() == 3

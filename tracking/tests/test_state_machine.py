@@ -15,6 +15,7 @@ E = TrackingEvent.Type
 # Written out from DESIGN.md "Statuses", independently of tracking.services.TRANSITIONS.
 ALLOWED = {
     ("queued", "sending"), ("queued", "cancelled"),
+    ("sending", "queued"),  # a claim given back unsent (see tracking.services.TRANSITIONS)
     ("sending", "sent"), ("sending", "delivered"), ("sending", "soft_bounced"),
     ("sending", "bounced"), ("sending", "failed"), ("sending", "cancelled"),
     ("soft_bounced", "sending"), ("soft_bounced", "sent"), ("soft_bounced", "delivered"),

@@ -47,8 +47,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-send",
             action="store_true",
-            help="Do not send demo runs. Sending runs through the simulated internet is not "
-            "built yet, so for now the campaigns are always left as drafts.",
+            help="Load the data only; send no demo runs through the simulated internet.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -65,6 +64,7 @@ class Command(BaseCommand):
             seed=options["seed"],
             password=options["password"],
             smtp_port=options["smtp_port"],
+            send=not options["no_send"],
         )
         self._print_summary(summary, no_send=options["no_send"], login_file=options["login_file"])
         self.stdout.write(f"Done in {time.monotonic() - started:.1f} s.")
@@ -91,7 +91,7 @@ class Command(BaseCommand):
         write("Lists: " + " · ".join(f"{name} {n}" for name, n in sorted(summary.lists.items())))
         write(f"Sending accounts: {', '.join(summary.accounts)}")
         write(
-            "Campaigns (draft): "
+            "Campaigns: "
             + " · ".join(
                 f"{name} ({n} step{'s' if n != 1 else ''})"
                 for name, n in sorted(summary.campaigns.items())
@@ -99,10 +99,12 @@ class Command(BaseCommand):
         )
         if no_send:
             write("--no-send: no demo runs sent.")
+        elif summary.runs:
+            write("Demo runs sent through the simulated internet:")
+            for line in summary.runs:
+                write(f"  {line}")
         else:
-            write(
-                "Sending demo runs through the simulated internet is not built yet; nothing sent."
-            )
+            write("Demo runs were already sent; none added.")
 
         login = [
             "",

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.conf import settings
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from campaigns.models import CampaignRun, Message, Recipient, SendingAccount
+
+S = Message.Status
+
+
+def _zone(account: SendingAccount) -> ZoneInfo:
+    try:
+        return ZoneInfo(account.timezone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def account_is_within_hours(account: SendingAccount, now: datetime) -> bool:
+    """Inside the account's active weekdays and hours, in its own time zone."""
+    local = now.astimezone(_zone(account))
+    weekdays = account.active_weekdays or "1234567"
+    if str(local.isoweekday()) not in weekdays:
+        return False
+    start, end = account.active_from, account.active_until
+    current = local.time()
+    if start and end and end <= start:  # a window across midnight, e.g. 22:00-06:00
+        return current >= start or current < end
+    if start and current < start:
+        return False
+    return not (end and current >= end)
+
+
+def account_day_start(account: SendingAccount, now: datetime) -> datetime:
+    local = now.astimezone(_zone(account))
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def account_capacity(account: SendingAccount, now: datetime) -> int:
+    """How many messages the account may still attempt right now (daily and per-minute limits,
+    counted from the database so a restart cannot reset them)."""
+    counts = Message.objects.filter(account=account, claimed_at__isnull=False).aggregate(
+        today=Count("pk", filter=Q(claimed_at__gte=account_day_start(account, now))),
+        minute=Count("pk", filter=Q(claimed_at__gt=now - timedelta(minutes=1))),
+    )
+    return max(
+        0,
+        min(
+            account.daily_limit - counts["today"],
+            account.per_minute_limit - counts["minute"],
+        ),
+    )
+
+
+def accounts_with_due_messages(now: datetime) -> list[SendingAccount]:
+    """Active accounts that have a message due now in a run that may send."""
+    due = Message.objects.filter(
+        status__in=Message.DUE_STATUSES,
+        next_attempt_at__lte=now,
+        run__status__in=[CampaignRun.Status.WAITING, CampaignRun.Status.RUNNING],
+    )
+    return list(
+        SendingAccount.objects.filter(is_active=True, pk__in=due.values("account_id")).order_by(
+            "pk"
+        )
+    )
+
+
+def in_doubt_cutoff(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) - settings.LEADCENTER_IN_DOUBT_AFTER
+
+
+def messages_in_doubt(now: datetime | None = None):
+    """Claimed by a worker that never recorded an outcome: a person decides, never a resend."""
+    return Message.objects.filter(status=S.SENDING, claimed_at__lt=in_doubt_cutoff(now))
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    total: int  # recipients that were not filtered
+    done: int  # sent + failed
+    counts: dict[str, int]
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0
+
+
+def run_progress(*, run: CampaignRun) -> RunProgress:
+    """Progress = (sent + failed) / (recipients not filtered) x 100, with the lead-level counts."""
+    R = Recipient.Status
+    counts = run.recipients.aggregate(
+        **{status.label: Count("pk", filter=Q(status=status)) for status in R}
+    )
+    total = sum(n for label, n in counts.items() if label != R.FILTERED.label)
+    done = counts[R.SENT.label] + counts[R.FAILED.label]
+    return RunProgress(total=total, done=done, counts=counts)

@@ -1,0 +1,808 @@
+"""Campaign runs: launch, audience preparation, dispatch, follow-ups, pause, resume, terminate.
+
+Statuses of messages change only through tracking.services (the state machine); this module
+decides what to send and when, talks SMTP, and reports each outcome to the state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from campaigns import selectors
+from campaigns.mail import RenderError, TemplateCache, compose
+from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
+from campaigns.smtp import AccountError, Reply, SmtpSession
+from contacts.models import Contact
+from contacts.services import active_suppressions
+from tracking.classification import classify_rejection
+from tracking.models import TrackingEvent
+from tracking.services import message_reject, message_transition, messages_transition
+
+logger = logging.getLogger(__name__)
+
+S = Message.Status
+R = Recipient.Status
+RunStatus = CampaignRun.Status
+E = TrackingEvent.Type
+SENDING_RUNS = (RunStatus.WAITING, RunStatus.RUNNING)
+
+
+class CampaignError(Exception):
+    """A campaign cannot be launched, paused, resumed or terminated as asked."""
+
+
+def _enqueue(func: str, *args) -> None:
+    """Hand work to the django-q2 cluster once the current transaction has committed."""
+    from django_q.tasks import async_task
+
+    transaction.on_commit(lambda: async_task(func, *args, group="leadcenter"))
+
+
+# --- launch and audience -------------------------------------------------------------------
+
+
+def campaign_launch(*, campaign: Campaign, started_by=None, enqueue: bool = True) -> CampaignRun:
+    """Start a run of the campaign over its audience. The audience is prepared by a task
+    (or by the caller, with enqueue=False, as `launch_campaign --wait` does)."""
+    if not campaign.steps.exists():
+        raise CampaignError(f"{campaign} has no steps to send.")
+    if not campaign.lists.exists():
+        raise CampaignError(f"{campaign} has no contact lists.")
+    if not campaign.accounts.filter(is_active=True).exists():
+        raise CampaignError(f"{campaign} has no active sending account.")
+    with transaction.atomic():
+        locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if locked.runs.filter(status__in=CampaignRun.IN_PROGRESS).exists():
+            raise CampaignError(f"{campaign} already has a run in progress.")
+        run = CampaignRun.objects.create(
+            campaign=campaign,
+            status=RunStatus.INITIALIZED,
+            started_by=started_by,
+            started_at=timezone.now(),
+        )
+        Campaign.objects.filter(pk=campaign.pk).update(state=Campaign.State.ACTIVE)
+        if enqueue:
+            _enqueue("campaigns.tasks.run_prepare", run.pk)
+    campaign.state = Campaign.State.ACTIVE
+    return run
+
+
+def _message_id(recipient_id: int, position: int, salt: str) -> str:
+    return f"<lc.{recipient_id}.{position}.{salt}@{settings.LEADCENTER_MESSAGE_ID_DOMAIN}>"
+
+
+def run_prepare(*, run: CampaignRun) -> CampaignRun:
+    """One Recipient per contact of the campaign's lists, with its filter reason, the others
+    assigned round-robin to the accounts, and a queued Message for step 1: set-wise in SQL."""
+    if run.status != RunStatus.INITIALIZED:
+        return run  # a task can run twice; the second finds the work done
+    campaign = run.campaign
+    accounts = list(
+        campaign.accounts.filter(is_active=True).order_by("pk").values_list("pk", flat=True)
+    )
+    first_step = campaign.steps.order_by("position").first()
+    if not accounts or first_step is None:
+        return _run_fail(run, "No active sending account or no step to send.")
+    now = timezone.now()
+    ops = connection.ops
+    account_case = " ".join(f"WHEN {i} THEN %s" for i in range(len(accounts)))
+    contact = Contact._meta.db_table
+    contact_lists = Contact.lists.through._meta.db_table
+    opted_out = Contact.opted_out_topics.through._meta.db_table
+    campaign_lists = Campaign.lists.through._meta.db_table
+    suppression = "contacts_suppression"
+    recipient = Recipient._meta.db_table
+    message = Message._meta.db_table
+    reasons = Recipient.FilterReason
+    # The order of the WHENs is the order of precedence of the reasons. Only table names and
+    # our own constants are interpolated; every value is a parameter.
+    audience_sql = f"""
+        INSERT INTO {recipient}
+            (run_id, contact_id, email, account_id, status, filter_reason, steps_sent)
+        SELECT %s, f.id, f.email,
+               CASE WHEN f.reason = '' THEN
+                   CASE (ROW_NUMBER() OVER (PARTITION BY f.reason = '' ORDER BY f.id) - 1) %% %s
+                   {account_case} END
+               END,
+               CASE WHEN f.reason = '' THEN 'pending' ELSE 'filtered' END,
+               f.reason, 0
+        FROM (
+            SELECT c.id, c.email,
+                CASE
+                    WHEN TRIM(c.email) = '' THEN '{reasons.NO_EMAIL}'
+                    WHEN c.email_status = 'invalid' OR c.email NOT LIKE '%%_@_%%._%%'
+                         OR TRIM(c.email) LIKE '%% %%' THEN '{reasons.INVALID_EMAIL}'
+                    WHEN c.unsubscribed_at IS NOT NULL THEN '{reasons.UNSUBSCRIBED}'
+                    WHEN c.do_not_email THEN '{reasons.DO_NOT_EMAIL}'
+                    WHEN c.do_not_mass_email THEN '{reasons.DO_NOT_MASS_EMAIL}'
+                    WHEN EXISTS (
+                        SELECT 1 FROM {suppression} s
+                        WHERE s.email = LOWER(TRIM(c.email)) AND s.lifted_at IS NULL
+                    ) THEN '{reasons.BLOCKED}'
+                    WHEN EXISTS (
+                        SELECT 1 FROM {opted_out} t WHERE t.contact_id = c.id AND t.topic_id = %s
+                    ) THEN '{reasons.NO_EMAIL_SELECTED}'
+                    WHEN ROW_NUMBER() OVER (PARTITION BY LOWER(TRIM(c.email)) ORDER BY c.id) > 1
+                        THEN '{reasons.DUPLICATE}'
+                    ELSE ''
+                END AS reason
+            FROM {contact} c
+            WHERE c.id IN (
+                SELECT cl.contact_id FROM {contact_lists} cl
+                JOIN {campaign_lists} ccl ON ccl.contactlist_id = cl.contactlist_id
+                WHERE ccl.campaign_id = %s
+            )
+        ) f
+    """
+    salt = secrets.token_hex(4)
+    message_sql = f"""
+        INSERT INTO {message}
+            (recipient_id, run_id, step_id, account_id, message_id, esp_message_id, status,
+             attempts, next_attempt_at, smtp_status, smtp_response, created, open_count,
+             click_count)
+        SELECT r.id, r.run_id, %s, r.account_id,
+               '<lc.' || CAST(r.id AS TEXT) || '.{first_step.position}.{salt}@' || %s || '>',
+               '', 'queued', 0, %s, '', '', %s, 0, 0
+        FROM {recipient} r
+        WHERE r.run_id = %s AND r.status = 'pending'
+    """
+    stamp = ops.adapt_datetimefield_value(now)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            audience_sql,
+            [run.pk, len(accounts), *accounts, campaign.topic_id or -1, campaign.pk],
+        )
+        cursor.execute(
+            message_sql,
+            [first_step.pk, settings.LEADCENTER_MESSAGE_ID_DOMAIN, stamp, stamp, run.pk],
+        )
+        totals = run.recipients.aggregate(
+            total=Count("pk"), filtered=Count("pk", filter=Q(status=R.FILTERED))
+        )
+        status = RunStatus.FILTERED if totals["total"] == totals["filtered"] else RunStatus.WAITING
+        CampaignRun.objects.filter(pk=run.pk, status=RunStatus.INITIALIZED).update(
+            status=status,
+            total_recipients=totals["total"],
+            total_filtered=totals["filtered"],
+            finished_at=now if status == RunStatus.FILTERED else None,
+        )
+        if status == RunStatus.FILTERED:
+            _campaign_refresh_state(campaign.pk)
+    run.refresh_from_db()
+    return run
+
+
+def _run_fail(run: CampaignRun, error: str) -> CampaignRun:
+    CampaignRun.objects.filter(pk=run.pk).update(
+        status=RunStatus.FAILED, error=error, finished_at=timezone.now()
+    )
+    _campaign_refresh_state(run.campaign_id)
+    run.refresh_from_db()
+    return run
+
+
+def _campaign_refresh_state(campaign_id: int) -> None:
+    """A campaign is active while a run sends, paused while its run is paused, finished after."""
+    in_progress = set(
+        CampaignRun.objects.filter(
+            campaign_id=campaign_id, status__in=CampaignRun.IN_PROGRESS
+        ).values_list("status", flat=True)
+    )
+    if not in_progress:
+        state = Campaign.State.FINISHED
+    elif in_progress == {RunStatus.PAUSED}:
+        state = Campaign.State.PAUSED
+    else:
+        state = Campaign.State.ACTIVE
+    Campaign.objects.filter(pk=campaign_id).exclude(state=Campaign.State.DRAFT).update(state=state)
+
+
+# --- pause, resume, terminate --------------------------------------------------------------
+
+
+def campaign_pause(*, campaign: Campaign) -> int:
+    """Stop claims at once; everything is kept. Returns the number of runs paused."""
+    with transaction.atomic():
+        paused = CampaignRun.objects.filter(
+            campaign=campaign, status__in=[RunStatus.INITIALIZED, *SENDING_RUNS]
+        ).update(status=RunStatus.PAUSED)
+        if not paused and campaign.state != Campaign.State.ACTIVE:
+            raise CampaignError(f"{campaign} has no run to pause.")
+        Campaign.objects.filter(pk=campaign.pk).update(state=Campaign.State.PAUSED)
+    campaign.state = Campaign.State.PAUSED
+    return paused
+
+
+def campaign_resume(*, campaign: Campaign) -> int:
+    """Go on where the runs stopped; nothing already sent is sent again."""
+    with transaction.atomic():
+        resumed = CampaignRun.objects.filter(campaign=campaign, status=RunStatus.PAUSED).update(
+            status=RunStatus.RUNNING, error=""
+        )
+        if not resumed:
+            raise CampaignError(f"{campaign} has no paused run.")
+        Campaign.objects.filter(pk=campaign.pk).update(state=Campaign.State.ACTIVE)
+        # A run paused before its audience was prepared is prepared now.
+        for run in CampaignRun.objects.filter(
+            campaign=campaign, total_recipients=0, status=RunStatus.RUNNING
+        ):
+            if not run.recipients.exists():
+                CampaignRun.objects.filter(pk=run.pk).update(status=RunStatus.INITIALIZED)
+                _enqueue("campaigns.tasks.run_prepare", run.pk)
+        _enqueue("campaigns.tasks.dispatch")
+    campaign.state = Campaign.State.ACTIVE
+    return resumed
+
+
+def run_terminate(*, run: CampaignRun) -> int:
+    """Stop the run for good: what has not gone out is cancelled. Returns messages cancelled."""
+    if run.status not in CampaignRun.IN_PROGRESS:
+        raise CampaignError(
+            f"Run #{run.pk} is {run.get_status_display().lower()}, not in progress."
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        CampaignRun.objects.filter(pk=run.pk).update(status=RunStatus.TERMINATED, finished_at=now)
+        cancelled = 0
+        for from_status in (S.QUEUED, S.SOFT_BOUNCED):
+            ids = run.messages.filter(status=from_status).values_list("pk", flat=True)
+            cancelled += len(
+                messages_transition(
+                    message_ids=ids,
+                    from_status=from_status,
+                    status=S.CANCELLED,
+                    event_type=E.CANCELLED,
+                    source=TrackingEvent.Source.MANUAL,
+                    occurred_at=now,
+                    detail="run terminated",
+                )
+            )
+        run.recipients.filter(next_step_at__isnull=False).update(next_step_at=None)
+        _campaign_refresh_state(run.campaign_id)
+    run.refresh_from_db()
+    return cancelled
+
+
+# --- dispatch ------------------------------------------------------------------------------
+
+
+@dataclass
+class DispatchReport:
+    claimed: int = 0
+    sent: int = 0
+    soft_bounced: int = 0
+    bounced: int = 0
+    failed: int = 0
+    released: int = 0
+    follow_ups: int = 0
+    account_errors: list[str] = field(default_factory=list)
+
+    @property
+    def attempted(self) -> int:
+        return self.sent + self.soft_bounced + self.bounced + self.failed
+
+    def merge(self, other: DispatchReport) -> None:
+        for name in (
+            "claimed",
+            "sent",
+            "soft_bounced",
+            "bounced",
+            "failed",
+            "released",
+            "follow_ups",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.account_errors += other.account_errors
+
+
+def dispatch_due(
+    *,
+    now: datetime | None = None,
+    deadline: float | None = None,
+    account_ids: list[int] | None = None,
+    max_messages: int | None = None,
+) -> DispatchReport:
+    """Send every message that is due now, account by account, until nothing is due, the
+    accounts' limits are reached or the deadline (a time.monotonic() value) passes."""
+    now = now or timezone.now()
+    report = DispatchReport()
+    report.follow_ups = follow_ups_queue(now=now)
+    for account in selectors.accounts_with_due_messages(now):
+        if account_ids is not None and account.pk not in account_ids:
+            continue
+        left = None if max_messages is None else max_messages - report.claimed
+        if left is not None and left <= 0:
+            break
+        report.merge(
+            account_send(account=account, deadline=deadline, due_by=now, max_messages=left)
+        )
+    runs_refresh()
+    return report
+
+
+def account_send(
+    *,
+    account: SendingAccount,
+    deadline: float | None = None,
+    batch_size: int | None = None,
+    due_by: datetime | None = None,
+    max_messages: int | None = None,
+) -> DispatchReport:
+    """Claim and send the account's due messages batch after batch. Only messages due by
+    `due_by` (the start of this pass) are taken, so a retry scheduled during the pass waits
+    for the next one."""
+    report = DispatchReport()
+    due_by = due_by or timezone.now()
+    batch_size = batch_size or settings.LEADCENTER_BATCH_SIZE
+    while deadline is None or time.monotonic() < deadline:
+        now = timezone.now()
+        if not selectors.account_is_within_hours(account, now):
+            break
+        capacity = min(batch_size, selectors.account_capacity(account, now))
+        if max_messages is not None:
+            capacity = min(capacity, max_messages - report.claimed)
+        if capacity <= 0:
+            break
+        session = SmtpSession(account)
+        try:
+            # Connect before claiming: when our relay is down nothing is claimed at all.
+            session.open()
+        except AccountError as exc:
+            report.account_errors.append(str(exc))
+            account_record_failure(account=account, error=str(exc))
+            break
+        try:
+            batch = messages_claim(account=account, limit=capacity, now=now, due_by=due_by)
+            if not batch:
+                break
+            report.claimed += len(batch)
+            report.merge(_send_batch(account, session, batch))
+        finally:
+            session.close()
+        if report.account_errors:
+            break
+    return report
+
+
+def messages_claim(
+    *, account: SendingAccount, limit: int, now: datetime, due_by: datetime | None = None
+) -> list[Message]:
+    """Claim up to `limit` due messages of the account for this worker, committed before any
+    SMTP call (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite serialises write transactions)."""
+    with transaction.atomic():
+        due = list(
+            Message.objects.filter(
+                account=account,
+                status__in=Message.DUE_STATUSES,
+                next_attempt_at__lte=due_by or now,
+                run__status__in=SENDING_RUNS,
+            )
+            .order_by("next_attempt_at", "pk")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", "status")[:limit]
+        )
+        claimed: list[int] = []
+        for from_status in Message.DUE_STATUSES:
+            ids = [pk for pk, status in due if status == from_status]
+            claimed += messages_transition(
+                message_ids=ids,
+                from_status=from_status,
+                status=S.SENDING,
+                event_type=E.CLAIMED,
+                source=TrackingEvent.Source.SYSTEM,
+                occurred_at=now,
+                fields={"claimed_at": now, "attempts": F("attempts") + 1},
+            )
+        if claimed:
+            CampaignRun.objects.filter(status=RunStatus.WAITING, messages__pk__in=claimed).update(
+                status=RunStatus.RUNNING
+            )
+    return list(
+        Message.objects.filter(pk__in=claimed)
+        .select_related("recipient__contact", "step", "run__campaign")
+        .order_by("pk")
+    )
+
+
+def _send_batch(
+    account: SendingAccount, session: SmtpSession, batch: list[Message]
+) -> DispatchReport:
+    report = DispatchReport()
+    cache = TemplateCache()
+    suppressed = active_suppressions([m.recipient.email for m in batch])
+    threads = _threads(batch)
+    run_status = _RunStatusCache()
+    delays = _next_step_delays(list({m.step_id: m.step for m in batch}.values()))
+    for message in batch:
+        message.next_step_delay = delays.get(message.step_id)
+    for message in batch:
+        status = run_status.get(message.run_id)
+        if status not in SENDING_RUNS:
+            # Paused or terminated while this batch was in hand: give the claim back.
+            target = S.CANCELLED if status == RunStatus.TERMINATED else S.QUEUED
+            event = E.CANCELLED if target == S.CANCELLED else E.QUEUED
+            messages_transition(
+                message_ids=[message.pk],
+                from_status=S.SENDING,
+                status=target,
+                event_type=event,
+                source=TrackingEvent.Source.SYSTEM,
+                detail=f"run {status}",
+            )
+            report.released += 1
+            continue
+        contact = message.recipient.contact
+        reason = _drop_reason(message, contact, suppressed)
+        if reason:
+            _record_failure(message, reason)
+            report.failed += 1
+            continue
+        try:
+            email = compose(
+                message_pk=message.pk,
+                message_id=message.message_id,
+                step=message.step,
+                contact=contact,
+                recipient_email=message.recipient.email.strip(),
+                account=account,
+                track_opens=message.run.campaign.track_opens,
+                track_clicks=message.run.campaign.track_clicks,
+                thread=threads.get(message.recipient_id),
+                cache=cache,
+            )
+        except RenderError as exc:
+            _record_failure(message, f"template error: {exc}")
+            report.failed += 1
+            continue
+        try:
+            reply = session.send(email.envelope_from, email.recipient, email.data)
+        except AccountError as exc:
+            # Our sender refused: give this and the rest of the batch back, unsent.
+            report.account_errors.append(str(exc))
+            account_record_failure(account=account, error=str(exc))
+            rest = [m.pk for m in batch[batch.index(message) :]]
+            report.released += len(
+                messages_transition(
+                    message_ids=rest,
+                    from_status=S.SENDING,
+                    status=S.QUEUED,
+                    event_type=E.QUEUED,
+                    source=TrackingEvent.Source.SYSTEM,
+                    detail=str(exc),
+                )
+            )
+            return report
+        outcome = message_record_reply(message=message, account=account, reply=reply)
+        setattr(report, outcome, getattr(report, outcome) + 1)
+    if report.sent:
+        account_record_success(account=account)
+    return report
+
+
+class _RunStatusCache:
+    """Run statuses re-read at most once a second, so a pause takes effect mid-batch."""
+
+    ttl = 1.0
+
+    def __init__(self) -> None:
+        self._statuses: dict[int, str] = {}
+        self._read_at = 0.0
+
+    def get(self, run_id: int) -> str:
+        if run_id not in self._statuses or time.monotonic() - self._read_at >= self.ttl:
+            self._statuses = dict(
+                CampaignRun.objects.filter(pk__in={run_id, *self._statuses}).values_list(
+                    "pk", "status"
+                )
+            )
+            self._read_at = time.monotonic()
+        return self._statuses.get(run_id, "")
+
+
+def _drop_reason(message: Message, contact: Contact, suppressed: set[str]) -> str:
+    """Why a claimed message must not go out after all (the address went bad meanwhile)."""
+    if contact.email_status == Contact.EmailStatus.INVALID:
+        return f"dropped: address marked invalid ({contact.invalid_reason})"
+    if message.recipient.email.strip().lower() in suppressed:
+        return "dropped: address on the suppression list"
+    if contact.unsubscribed_at or contact.do_not_email:
+        return "dropped: the contact asked not to be emailed"
+    return ""
+
+
+def _threads(batch: list[Message]) -> dict[int, list[str]]:
+    """Message-IDs of earlier steps per recipient, for In-Reply-To and References."""
+    follow_ups = [m for m in batch if m.step.position > 1]
+    if not follow_ups:
+        return {}
+    threads: dict[int, list[str]] = {}
+    earlier = (
+        Message.objects.filter(recipient_id__in=[m.recipient_id for m in follow_ups])
+        .exclude(pk__in=[m.pk for m in follow_ups])
+        .order_by("step__position")
+        .values_list("recipient_id", "message_id")
+    )
+    for recipient_id, message_id in earlier:
+        threads.setdefault(recipient_id, []).append(message_id)
+    return threads
+
+
+def _record_failure(message: Message, detail: str) -> None:
+    with transaction.atomic():
+        message_transition(
+            message_id=message.pk,
+            event_type=E.FAILED,
+            source=TrackingEvent.Source.SYSTEM,
+            status=S.FAILED,
+            detail=detail,
+            fields={"smtp_response": detail[:1000]},
+        )
+        _recipient_after(message, S.FAILED)
+
+
+def message_record_reply(*, message: Message, account: SendingAccount, reply: Reply) -> str:
+    """Apply one SMTP reply through the state machine. Returns the report field it counts in."""
+    now = timezone.now()
+    smtp_fields = {
+        "smtp_code": reply.code,
+        "smtp_status": reply.status,
+        "smtp_response": reply.text[:1000],
+    }
+    with transaction.atomic():
+        if reply.accepted:
+            if account.confirms_delivery:
+                message_transition(
+                    message_id=message.pk,
+                    event_type=E.DELIVERED,
+                    source=TrackingEvent.Source.SMTP,
+                    status=S.DELIVERED,
+                    occurred_at=now,
+                    fields={**smtp_fields, "sent_at": now},
+                    detail=reply.text,
+                    expected_status=S.SENDING,
+                )
+            else:
+                message_transition(
+                    message_id=message.pk,
+                    event_type=E.SENT,
+                    source=TrackingEvent.Source.SMTP,
+                    status=S.SENT,
+                    occurred_at=now,
+                    fields=smtp_fields,
+                    detail=reply.text,
+                    expected_status=S.SENDING,
+                )
+            _recipient_after(message, S.SENT, now=now)
+            return "sent"
+        classification = classify_rejection(
+            smtp_code=reply.code, smtp_status=reply.status, text=reply.text
+        )
+        temporary = reply.code is None or 400 <= reply.code < 500
+        if temporary:
+            age = now - message.created
+            if age >= settings.LEADCENTER_SOFT_BOUNCE_MAX_AGE:
+                status, outcome = S.FAILED, "failed"
+            else:
+                status, outcome = S.SOFT_BOUNCED, "soft_bounced"
+                delay = settings.LEADCENTER_RETRY_BASE * (2 ** max(0, message.attempts - 1))
+                smtp_fields["next_attempt_at"] = now + min(delay, timedelta(hours=6))
+        elif classification.is_hard:
+            status, outcome = S.BOUNCED, "bounced"
+        else:
+            status, outcome = S.FAILED, "failed"
+        message_reject(
+            message_id=message.pk,
+            classification=classification,
+            status=status,
+            source=TrackingEvent.Source.SMTP,
+            smtp_code=reply.code,
+            smtp_status=reply.status,
+            diagnostic=reply.text,
+            occurred_at=now,
+            fields=smtp_fields,
+        )
+        if status != S.SOFT_BOUNCED:
+            _recipient_after(message, status, now=now)
+    return outcome
+
+
+def _recipient_after(message: Message, status: str, *, now: datetime | None = None) -> None:
+    """The lead-level view after a step's outcome: partial with the next step scheduled, sent
+    when no step is left, failed when the step failed or bounced."""
+    now = now or timezone.now()
+    recipient = Recipient.objects.filter(pk=message.recipient_id)
+    if status in (S.FAILED, S.BOUNCED):
+        fields = {"status": R.FAILED, "next_step_at": None}
+        if status == S.BOUNCED:
+            fields["bounced_at"] = now
+        recipient.update(last_action_at=now, **fields)
+        return
+    delay = getattr(message, "next_step_delay", _UNKNOWN)
+    if delay is _UNKNOWN:
+        delay = _next_step_delays([message.step]).get(message.step_id)
+    recipient.update(
+        status=R.PARTIAL if delay is not None else R.SENT,
+        steps_sent=message.step.position,
+        next_step_at=now + delay if delay is not None else None,
+        last_action_at=now,
+    )
+
+
+_UNKNOWN = object()
+
+
+def _next_step_delays(steps: list[CampaignStep]) -> dict[int, timedelta | None]:
+    """Step id -> the delay of the step after it (None for a last step), in one query."""
+    later = CampaignStep.objects.filter(campaign_id__in={s.campaign_id for s in steps})
+    by_campaign: dict[int, list[tuple[int, timedelta]]] = {}
+    for campaign_id, position, delay in later.order_by("position").values_list(
+        "campaign_id", "position", "delay"
+    ):
+        by_campaign.setdefault(campaign_id, []).append((position, delay))
+    delays: dict[int, timedelta | None] = {}
+    for step in steps:
+        after = [d for p, d in by_campaign.get(step.campaign_id, []) if p > step.position]
+        delays[step.pk] = after[0] if after else None
+    return delays
+
+
+# --- follow-ups and run completion ---------------------------------------------------------
+
+
+def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
+    """Queue the next step for recipients whose delay has passed and who have not replied,
+    unsubscribed, complained or bounced; close the sequence for those who have."""
+    due = Recipient.objects.filter(next_step_at__lte=now, run__status__in=[*SENDING_RUNS]).order_by(
+        "next_step_at"
+    )
+    stopped = due.filter(
+        Q(unsubscribed_at__isnull=False)
+        | Q(complained_at__isnull=False)
+        | Q(bounced_at__isnull=False)
+        | Q(contact__email_status=Contact.EmailStatus.INVALID)
+    )
+    Recipient.objects.filter(pk__in=list(stopped.values_list("pk", flat=True)[:limit])).update(
+        status=R.SENT, next_step_at=None
+    )
+    candidates = list(
+        due.values_list(
+            "pk", "run_id", "account_id", "steps_sent", "replied_at", "run__campaign_id"
+        )[:limit]
+    )
+    if not candidates:
+        return 0
+    steps = {
+        (s.campaign_id, s.position): s
+        for s in CampaignStep.objects.filter(campaign_id__in={c[5] for c in candidates})
+    }
+    salt = secrets.token_hex(4)
+    to_create: list[Message] = []
+    finished: list[int] = []
+    for pk, run_id, account_id, steps_sent, replied_at, campaign_id in candidates:
+        step = steps.get((campaign_id, steps_sent + 1))
+        if step is None or (replied_at and step.stop_on_reply):
+            finished.append(pk)
+            continue
+        to_create.append(
+            Message(
+                recipient_id=pk,
+                run_id=run_id,
+                step=step,
+                account_id=account_id,
+                message_id=_message_id(pk, step.position, salt),
+                next_attempt_at=now,
+            )
+        )
+    with transaction.atomic():
+        Message.objects.bulk_create(to_create, ignore_conflicts=True)
+        Recipient.objects.filter(pk__in=[m.recipient_id for m in to_create]).update(
+            next_step_at=None
+        )
+        Recipient.objects.filter(pk__in=finished).update(status=R.SENT, next_step_at=None)
+    return len(to_create)
+
+
+def runs_refresh(*, now: datetime | None = None) -> list[int]:
+    """Complete the runs with nothing left to do: no message due or in flight (except those in
+    doubt, which wait for a person) and no follow-up scheduled. Returns the completed runs."""
+    now = now or timezone.now()
+    cutoff = selectors.in_doubt_cutoff(now)
+    busy_messages = Message.objects.filter(
+        Q(status__in=Message.DUE_STATUSES) | Q(status=S.SENDING, claimed_at__gte=cutoff)
+    )
+    done = list(
+        CampaignRun.objects.filter(status__in=SENDING_RUNS)
+        .exclude(pk__in=busy_messages.values("run_id"))
+        .exclude(pk__in=Recipient.objects.filter(next_step_at__isnull=False).values("run_id"))
+        .values_list("pk", "campaign_id")
+    )
+    for run_id, campaign_id in done:
+        CampaignRun.objects.filter(pk=run_id, status__in=SENDING_RUNS).update(
+            status=RunStatus.COMPLETED, finished_at=now
+        )
+        _campaign_refresh_state(campaign_id)
+    return [run_id for run_id, _ in done]
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+def account_record_failure(*, account: SendingAccount, error: str) -> None:
+    """Our side failed for this account. After LEADCENTER_ACCOUNT_MAX_FAILURES in a row it is
+    switched off until a person switches it on again; its runs show the error."""
+    now = timezone.now()
+    SendingAccount.objects.filter(pk=account.pk).update(
+        consecutive_failures=F("consecutive_failures") + 1, last_error=error, last_error_at=now
+    )
+    account.refresh_from_db(
+        fields=["consecutive_failures", "is_active", "last_error", "last_error_at"]
+    )
+    message = f"Account {account.name}: {error}"
+    if (
+        account.consecutive_failures >= settings.LEADCENTER_ACCOUNT_MAX_FAILURES
+        and account.is_active
+    ):
+        SendingAccount.objects.filter(pk=account.pk).update(is_active=False)
+        account.is_active = False
+        message = (
+            f"Account {account.name} switched off after {account.consecutive_failures} "
+            f"failures in a row; switch it on again once fixed. Last error: {error}"
+        )
+        logger.error(message)
+    CampaignRun.objects.filter(
+        status__in=[*SENDING_RUNS, RunStatus.PAUSED], recipients__account=account
+    ).distinct().update(error=message)
+
+
+def account_record_success(*, account: SendingAccount) -> None:
+    if account.consecutive_failures:
+        SendingAccount.objects.filter(pk=account.pk).update(consecutive_failures=0)
+        account.consecutive_failures = 0
+
+
+# --- test emails ---------------------------------------------------------------------------
+
+
+def step_send_test(
+    *, step: CampaignStep, contact: Contact, to: str, account: SendingAccount
+) -> Reply:
+    """Send one step, rendered for `contact`, to an address outside any run (no tracking)."""
+    email = compose(
+        message_pk=0,
+        message_id=_message_id(0, step.position, secrets.token_hex(6)),
+        step=step,
+        contact=contact,
+        recipient_email=to,
+        account=account,
+        track_opens=False,
+        track_clicks=False,
+        cache=TemplateCache(),
+        subject_prefix="[Test] ",
+    )
+    with SmtpSession(account) as session:
+        return session.send(account.from_email, to, email.data)
+
+
+__all__ = [
+    "CampaignError",
+    "DispatchReport",
+    "account_send",
+    "campaign_launch",
+    "campaign_pause",
+    "campaign_resume",
+    "dispatch_due",
+    "follow_ups_queue",
+    "messages_claim",
+    "run_prepare",
+    "run_terminate",
+    "runs_refresh",
+]

@@ -1,0 +1,148 @@
+"""One SMTP connection per account and batch, one SMTP transaction per recipient.
+
+Django's SMTP backend keeps no per-recipient reply; this keeps the code, enhanced status and
+text of each, and tells our own side's failures (cannot connect, login refused, sender
+refused) from the recipient's (a 4xx or 5xx reply, no answer from the server).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from dataclasses import dataclass
+
+from campaigns.models import SendingAccount
+from tracking.classification import parse_smtp_reply
+
+
+class AccountError(Exception):
+    """Our side failed: the relay cannot be reached, refuses our login or our sender."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int | None
+    status: str  # enhanced status code, e.g. "5.1.1"
+    text: str
+    stage: str  # "data" for an accepted message; "rcpt", "data", "mail" or "connection"
+
+    @property
+    def accepted(self) -> bool:
+        return self.code == 250 and self.stage == "data"
+
+    @property
+    def no_answer(self) -> bool:
+        return self.code is None
+
+
+def _reply(code: int | None, raw: bytes | str, stage: str) -> Reply:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = " ".join(text.split())
+    _code, status, _rest = parse_smtp_reply(f"{code} {text}" if code else text)
+    return Reply(code=code, status=status, text=text, stage=stage)
+
+
+class SmtpSession:
+    def __init__(self, account: SendingAccount) -> None:
+        self.account = account
+        self.connection: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpSession:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        account = self.account
+        try:
+            if account.smtp_security == SendingAccount.Security.SSL:
+                connection: smtplib.SMTP = smtplib.SMTP_SSL(
+                    account.smtp_host,
+                    account.smtp_port,
+                    timeout=account.smtp_timeout,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                connection = smtplib.SMTP(
+                    account.smtp_host, account.smtp_port, timeout=account.smtp_timeout
+                )
+            connection.ehlo()
+            if account.smtp_security == SendingAccount.Security.STARTTLS:
+                connection.starttls(context=ssl.create_default_context())
+                connection.ehlo()
+            if account.smtp_username:
+                connection.login(account.smtp_username, account.smtp_password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise AccountError(f"login refused by {account.smtp_host}: {_text(exc)}") from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise AccountError(
+                f"cannot talk to {account.smtp_host}:{account.smtp_port}: {_text(exc)}"
+            ) from exc
+        self.connection = connection
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.quit()
+            except (OSError, smtplib.SMTPException):
+                self.connection.close()
+            self.connection = None
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
+        """One SMTP transaction. Raises AccountError when the server refuses our sender."""
+        if self.connection is None:
+            self.open()
+        connection = self.connection
+        try:
+            code, text = connection.mail(envelope_from)
+            if code != 250:
+                connection.rset()
+                if code == 421:
+                    self._drop()
+                    return _reply(code, text, "mail")
+                raise AccountError(f"sender {envelope_from} refused: {code} {_decode(text)}")
+            code, text = connection.rcpt(recipient)
+            if code not in (250, 251):
+                if code == 421:
+                    self._drop()
+                else:
+                    connection.rset()
+                return _reply(code, text, "rcpt")
+            try:
+                code, text = connection.data(data)
+            except smtplib.SMTPDataError as exc:
+                connection.rset()
+                return _reply(exc.smtp_code, exc.smtp_error, "data")
+            if code != 250:
+                connection.rset()
+            return _reply(code, text, "data")
+        except smtplib.SMTPServerDisconnected as exc:
+            self._drop()
+            return _reply(None, f"connection dropped: {_text(exc)}", "connection")
+        except TimeoutError as exc:
+            self._drop()
+            return _reply(None, f"timed out waiting for the server: {_text(exc)}", "connection")
+        except OSError as exc:
+            self._drop()
+            return _reply(None, f"connection lost: {_text(exc)}", "connection")
+
+    def _drop(self) -> None:
+        """Forget a connection the server closed or that timed out; the next send reconnects."""
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except OSError:
+                pass
+            self.connection = None
+
+
+def _decode(text: bytes | str) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
+def _text(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{exc.smtp_code} {_decode(exc.smtp_error)}"
+    return str(exc) or exc.__class__.__name__

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from contacts.models import Contact, Suppression
+
+
+def suppression_add(*, email: str, reason: str, source: str = "", note: str = "") -> Suppression:
+    """Block an address (idempotent: an active entry for the same reason is reused)."""
+    address = email.strip().lower()
+    existing = Suppression.objects.filter(email=address, reason=reason, lifted_at__isnull=True)
+    if found := existing.first():
+        return found
+    try:
+        with transaction.atomic():
+            return Suppression.objects.create(
+                email=address, reason=reason, source=source, note=note
+            )
+    except IntegrityError:  # added concurrently
+        return existing.get()
+
+
+def contact_mark_invalid(*, contact_id: int, reason: str, source: str) -> None:
+    """A hard rejection: the address is invalid and blocked from every later email."""
+    now = timezone.now()
+    contact = Contact.objects.filter(pk=contact_id).only("email").first()
+    if contact is None:
+        return
+    Contact.objects.filter(pk=contact_id, email_status=Contact.EmailStatus.VALID).update(
+        email_status=Contact.EmailStatus.INVALID, invalid_reason=reason[:255], invalid_at=now
+    )
+    if contact.email:
+        suppression_add(
+            email=contact.email, reason=Suppression.Reason.HARD_BOUNCE, source=source, note=reason
+        )
+
+
+def active_suppressions(emails: list[str]) -> set[str]:
+    """The addresses among `emails` (any case) that are on the suppression list."""
+    lowered = {e.strip().lower() for e in emails if e}
+    return set(
+        Suppression.objects.filter(email__in=lowered, lifted_at__isnull=True).values_list(
+            "email", flat=True
+        )
+    )
