@@ -1,4 +1,101 @@
+"""Fixtures for every test: fast password hashing, and a shared cast of admin users, one per
+role, each also logged into its own test client, and a check that an admin page's query count
+does not grow with its rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import pytest
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from leadcenter.factories import UserFactory
+from leadcenter.roles import MANAGERS, STAFF, SUPPORT, roles_setup
+
+PASSWORD = "correct horse battery staple"  # noqa: S105  (UserFactory's)
+
+
+def _member_of(group_name: str, username: str):
+    user = UserFactory(username=username, is_staff=True)
+    user.groups.add(Group.objects.get(name=group_name))
+    return user
+
+
+def _logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def roles(db) -> dict[str, int]:
+    return roles_setup()
+
+
+@pytest.fixture
+def superuser(db):
+    return UserFactory(username="superuser", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def staff_user(roles):
+    return _member_of(STAFF, "staff")
+
+
+@pytest.fixture
+def manager_user(roles):
+    return _member_of(MANAGERS, "manager")
+
+
+@pytest.fixture
+def support_user(roles):
+    return _member_of(SUPPORT, "support")
+
+
+@pytest.fixture
+def superuser_client(superuser) -> Client:
+    return _logged_in(superuser)
+
+
+@pytest.fixture
+def staff_client(staff_user) -> Client:
+    return _logged_in(staff_user)
+
+
+@pytest.fixture
+def manager_client(manager_user) -> Client:
+    return _logged_in(manager_user)
+
+
+@pytest.fixture
+def support_client(support_user) -> Client:
+    return _logged_in(support_user)
+
+
+@pytest.fixture
+def assert_bounded_queries(
+    django_assert_max_num_queries,
+) -> Callable[[Client, str, Callable[[int], object]], None]:
+    """Check that GET `url` costs no more queries with 30 rows than with 10.
+
+    `make(n)` creates n more rows, each with its own related objects, so a missing
+    select_related shows up as extra queries.
+    """
+
+    def check(client: Client, url: str, make: Callable[[int], object]) -> None:
+        make(10)
+        assert client.get(url).status_code == 200  # warm per-process caches (content types)
+        with CaptureQueriesContext(connection) as ten_rows:
+            assert client.get(url).status_code == 200
+        make(20)
+        with django_assert_max_num_queries(len(ten_rows)):
+            response = client.get(url)
+        assert response.status_code == 200
+
+    return check
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -8,8 +9,10 @@ from django import forms
 from django.contrib import admin
 from django.db.models import Count, Exists, OuterRef, QuerySet
 from django.http import HttpRequest
+from django.urls import path
 from django.utils.text import Truncator
 
+from campaigns import admin_views
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
 from tracking.models import Rejection, TrackingEvent
 
@@ -208,6 +211,30 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
         return super().get_queryset(request).annotate(_step_count=Count("steps"))
 
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:object_id>/launch/", wrap(admin_views.campaign_launch_view),
+                 name="campaigns_campaign_launch"),
+            path("<int:object_id>/pause/", wrap(admin_views.campaign_pause_view),
+                 name="campaigns_campaign_pause"),
+            path("<int:object_id>/resume/", wrap(admin_views.campaign_resume_view),
+                 name="campaigns_campaign_resume"),
+            path("<int:object_id>/preview/",
+                 wrap(partial(admin_views.campaign_preview_view, model_admin=self)),
+                 name="campaigns_campaign_preview"),
+            path("<int:object_id>/test-email/", wrap(admin_views.campaign_test_email_view),
+                 name="campaigns_campaign_test_email"),
+            *super().get_urls(),
+        ]  # fmt: skip
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_control": request.user.has_perm("campaigns.launch_campaign"),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
     @admin.display(description="steps", ordering="_step_count")
     def step_count(self, obj: Campaign) -> int:
         return obj._step_count
@@ -248,6 +275,23 @@ class CampaignRunAdmin(InspectOnlyAdmin):
         "total_filtered",
         "created",
     ]
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<int:object_id>/terminate/",
+                self.admin_site.admin_view(admin_views.run_terminate_view),
+                name="campaigns_campaignrun_terminate",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_control": request.user.has_perm("campaigns.launch_campaign"),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(Recipient)

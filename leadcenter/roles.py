@@ -37,6 +37,7 @@ MANAGER_PERMISSIONS: tuple[str, ...] = (
     "campaigns.change_campaign",
     "campaigns.add_campaignstep",
     "campaigns.change_campaignstep",
+    "campaigns.delete_campaignstep",
     "campaigns.add_sendingaccount",
     "campaigns.change_sendingaccount",
     "contacts.add_contactlist",

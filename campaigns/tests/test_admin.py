@@ -19,7 +19,6 @@ from leadcenter.factories import (
     TopicFactory,
     UserFactory,
 )
-from leadcenter.tests.conftest import *  # noqa: F403  (shared admin fixtures)
 from tracking.models import Rejection
 
 pytestmark = pytest.mark.django_db

@@ -13,7 +13,6 @@ from leadcenter.factories import (
     TopicFactory,
     UserFactory,
 )
-from leadcenter.tests.conftest import *  # noqa: F403  (shared admin fixtures)
 
 pytestmark = pytest.mark.django_db
 

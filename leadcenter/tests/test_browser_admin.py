@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from django.db import connections
 
+from conftest import PASSWORD
 from leadcenter.factories import ContactFactory, MessageFactory, UserFactory
-from leadcenter.tests.conftest import PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -30,6 +30,7 @@ MANAGERS = STAFF | {
     "campaigns.change_campaign",
     "campaigns.add_campaignstep",
     "campaigns.change_campaignstep",
+    "campaigns.delete_campaignstep",
     "campaigns.add_sendingaccount",
     "campaigns.change_sendingaccount",
     "contacts.add_contactlist",

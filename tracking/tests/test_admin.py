@@ -8,7 +8,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from leadcenter.factories import MessageFactory
-from leadcenter.tests.conftest import *  # noqa: F403  (shared admin fixtures)
 from tracking.models import Rejection, TrackingEvent
 
 pytestmark = pytest.mark.django_db
