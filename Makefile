@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+SMTP_PORT ?= 2525
 PYTEST_ARGS ?=
 
 .PHONY: install demo serve test lint check bench clean
@@ -19,17 +20,19 @@ install: $(VENV)/.installed
 # Migrates, loads the demo data, prints the login, then runs the workers and the admin until
 # Ctrl-C.
 demo: install
-	$(PY) manage.py demo --login-file var/demo-login.txt $(DEMO_ARGS)
+	@mkdir -p var
+	$(PY) manage.py demo --login-file var/demo-login.txt --smtp-port $(SMTP_PORT) $(DEMO_ARGS)
 	@$(MAKE) --no-print-directory serve
 
 serve: install
-	@trap 'kill 0' INT TERM EXIT; \
-	$(PY) manage.py qcluster & \
+	@mkdir -p var; trap 'kill 0' INT TERM EXIT; \
+	$(PY) manage.py smtp_simulator --port $(SMTP_PORT) > var/smtp_simulator.log 2>&1 & \
+	$(PY) manage.py qcluster > var/qcluster.log 2>&1 & \
 	$(PY) manage.py runserver $(HOST):$(PORT) --noreload & \
 	sleep 2; \
 	echo; echo "LeadCenter is running: http://$(HOST):$(PORT)/admin/"; \
 	if [ -f var/demo-login.txt ]; then cat var/demo-login.txt; fi; \
-	echo "Workers (qcluster) are running too. Ctrl-C stops both."; \
+	echo "Workers (qcluster, log in var/qcluster.log) and the simulated internet (127.0.0.1:$(SMTP_PORT)) run too. Ctrl-C stops all three."; \
 	wait
 
 test: install
