@@ -91,7 +91,7 @@ def run_prepare(*, run: CampaignRun) -> CampaignRun:
     )
     first_step = campaign.steps.order_by("position").first()
     if not accounts or first_step is None:
-        return _run_fail(run, "No active sending account or no step to send.")
+        return run_fail(run=run, error="No active sending account or no step to send.")
     now = timezone.now()
     ops = connection.ops
     account_case = " ".join(f"WHEN {i} THEN %s" for i in range(len(accounts)))
@@ -181,7 +181,7 @@ def run_prepare(*, run: CampaignRun) -> CampaignRun:
     return run
 
 
-def _run_fail(run: CampaignRun, error: str) -> CampaignRun:
+def run_fail(*, run: CampaignRun, error: str) -> CampaignRun:
     CampaignRun.objects.filter(pk=run.pk).update(
         status=RunStatus.FAILED, error=error, finished_at=timezone.now()
     )
