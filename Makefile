@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 # Ctrl-C.
 demo: install
 	@mkdir -p var
-	$(PY) manage.py demo --login-file var/demo-login.txt --smtp-port $(SMTP_PORT) $(DEMO_ARGS)
+	$(PY) manage.py demo --login-file var/demo-login.txt --smtp-port $(SMTP_PORT) --admin-url http://$(HOST):$(PORT)/admin/ $(DEMO_ARGS)
 	@$(MAKE) --no-print-directory serve
 
 serve: install

@@ -31,7 +31,6 @@ from django.utils import timezone
 from campaigns.models import Campaign, CampaignStep, SendingAccount
 from contacts.models import Contact, ContactList, Suppression, Topic
 
-ADMIN_URL = "http://127.0.0.1:8000/admin/"
 ADMIN_USERNAME = "admin"
 
 STAFF_GROUP = "Staff"
@@ -176,7 +175,6 @@ class DemoSummary:
     accounts: list[str] = field(default_factory=list)
     campaigns: dict[str, int] = field(default_factory=dict)  # name -> number of steps
     runs: list[str] = field(default_factory=list)  # one line per demo run sent
-    admin_url: str = ADMIN_URL
     admin_username: str = ADMIN_USERNAME
 
 

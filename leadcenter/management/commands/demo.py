@@ -19,6 +19,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
+            "--admin-url",
+            default="http://127.0.0.1:8000/admin/",
+            help="The admin's address to print (make demo passes its HOST and PORT).",
+        )
+        parser.add_argument(
             "--login-file",
             help="Also write the login block to this file (make demo prints it again once the "
             "admin is up).",
@@ -66,11 +71,16 @@ class Command(BaseCommand):
             smtp_port=options["smtp_port"],
             send=not options["no_send"],
         )
-        self._print_summary(summary, no_send=options["no_send"], login_file=options["login_file"])
+        self._print_summary(
+            summary,
+            no_send=options["no_send"],
+            login_file=options["login_file"],
+            admin_url=options["admin_url"],
+        )
         self.stdout.write(f"Done in {time.monotonic() - started:.1f} s.")
 
     def _print_summary(
-        self, summary: DemoSummary, *, no_send: bool, login_file: str | None
+        self, summary: DemoSummary, *, no_send: bool, login_file: str | None, admin_url: str
     ) -> None:
         c = summary.contacts
         write = self.stdout.write
@@ -109,7 +119,7 @@ class Command(BaseCommand):
         login = [
             "",
             "=" * 60,
-            f"  Admin:    {summary.admin_url}",
+            f"  Admin:    {admin_url}",
             f"  Username: {summary.admin_username}",
             f"  Password: {summary.password}",
             "=" * 60,
