@@ -9,11 +9,13 @@ from django import forms
 from django.contrib import admin
 from django.db.models import Count, Exists, OuterRef, QuerySet
 from django.http import HttpRequest
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from campaigns import admin_views
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
+from campaigns.selectors import messages_in_doubt, run_progress
 from tracking.models import Rejection, TrackingEvent
 
 WEEKDAY_NAMES = {"1": "Mon", "2": "Tue", "3": "Wed", "4": "Thu", "5": "Fri", "6": "Sat", "7": "Sun"}
@@ -267,6 +269,8 @@ class CampaignRunAdmin(InspectOnlyAdmin):
     date_hierarchy = "created"
     readonly_fields = [
         "status",
+        "progress",
+        "in_doubt",
         "started_at",
         "finished_at",
         "started_by",
@@ -275,6 +279,26 @@ class CampaignRunAdmin(InspectOnlyAdmin):
         "total_filtered",
         "created",
     ]
+
+    @admin.display(description="progress")
+    def progress(self, obj: CampaignRun) -> str:
+        progress = run_progress(run=obj)
+        counts = ", ".join(f"{label.lower()} {n}" for label, n in progress.counts.items() if n)
+        return f"{progress.percent:.0f}% ({progress.done} of {progress.total}): {counts}"
+
+    @admin.display(description="in doubt")
+    def in_doubt(self, obj: CampaignRun) -> str:
+        count = messages_in_doubt().filter(run=obj).count()
+        if not count:
+            return "none"
+        url = reverse("admin:campaigns_message_changelist")
+        return format_html(
+            '<a href="{}?run__id__exact={}&status__exact=sending">{} emails</a>: a worker '
+            "stopped while sending them; they are not resent automatically.",
+            url,
+            obj.pk,
+            count,
+        )
 
     def get_urls(self) -> list:
         return [

@@ -139,3 +139,33 @@ def test_support_cannot_send_a_test_email(
 
     assert response.status_code == 403
     assert smtp_server.handler.delivered == []
+
+
+def test_the_run_page_shows_progress_and_messages_in_doubt(
+    staff_client, make_campaign, add_contacts, settings
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from campaigns.services import messages_claim, runs_refresh
+
+    add_contacts("a@example.test", "b@example.test")
+    campaign = make_campaign()
+    run = run_prepare(run=campaign_launch(campaign=campaign, enqueue=False))
+    # A worker claims both and dies before any outcome is recorded.
+    claimed = messages_claim(account=campaign.accounts.get(), limit=2, now=timezone.now())
+    assert len(claimed) == 2
+    Message.objects.update(
+        claimed_at=timezone.now() - settings.LEADCENTER_IN_DOUBT_AFTER - timedelta(minutes=1)
+    )
+
+    runs_refresh()
+    page = staff_client.get(url("campaignrun_change", run.pk))
+
+    assert b"2 emails</a>: a worker stopped while sending them" in page.content
+    assert b"0% (0 of 2)" in page.content
+    run.refresh_from_db()
+    # Nothing else is left to do: the run completes, the two stay in doubt for a person.
+    assert run.status == CampaignRun.Status.COMPLETED
+    assert Message.objects.filter(status="sending").count() == 2

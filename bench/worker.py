@@ -1,0 +1,194 @@
+"""Helper processes of the send benchmark (bench.send_throughput), one per sender.
+
+    python -m bench.worker raw --messages FILE --index K --of N --port P
+    python -m bench.worker pipeline [--profile FILE]
+
+Each does its set-up (imports, loading the pre-built messages, the database connection), prints
+`ready`, waits for a `go` line on stdin, does its work, and prints one JSON line with its own
+start and end times (time.time()), so the parent times every sender from the same start line and
+leaves process start-up out of both sides.
+
+- `raw`: one smtplib.SMTP connection; MAIL, RCPT and DATA for every K-th pre-built message.
+- `pipeline`: `campaigns.services.dispatch_due()` in a loop until a pass claims nothing, which is
+  what `manage.py send_due --until-idle` does. It also measures where the time goes: database
+  round trips (through a connection execute wrapper), composing, and the SMTP conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import smtplib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def _wait_for_go() -> None:
+    print("ready", flush=True)
+    line = sys.stdin.readline()
+    if line.strip() != "go":
+        raise SystemExit(f"expected 'go', got {line!r}")
+
+
+def run_raw(messages_file: str, index: int, of: int, port: int) -> dict[str, Any]:
+    with open(messages_file, "rb") as fh:
+        messages: list[tuple[str, str, bytes]] = pickle.load(fh)[index::of]  # noqa: S301
+    _wait_for_go()
+    start = time.time()
+    cpu = time.process_time()
+    refused = 0
+    connection = smtplib.SMTP("127.0.0.1", port, timeout=60)
+    connection.ehlo()
+    for envelope_from, recipient, data in messages:
+        code, _ = connection.mail(envelope_from)
+        if code != 250:
+            refused += 1
+            connection.rset()
+            continue
+        code, _ = connection.rcpt(recipient)
+        if code not in (250, 251):
+            refused += 1
+            connection.rset()
+            continue
+        code, _ = connection.data(data)
+        refused += code != 250
+    connection.quit()
+    end = time.time()
+    return {
+        "start": start,
+        "end": end,
+        "cpu_seconds": time.process_time() - cpu,
+        "sent": len(messages) - refused,
+        "refused": refused,
+    }
+
+
+class _Meter:
+    """Wall time and calls spent inside a wrapped function (not re-entrant; none of ours is)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        return timed
+
+
+def run_pipeline(profile: str | None) -> dict[str, Any]:
+    from bench.common import bench_environ, process_cpu_seconds
+
+    bench_environ()
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from campaigns import services, smtp
+
+    # Where the time goes, measured from outside the code under test.
+    db, commit, compose = _Meter(), _Meter(), _Meter()
+    smtp_io, smtp_connect = _Meter(), _Meter()
+    statements: dict[str, int] = {}
+
+    def db_wrapper(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        verb = sql.lstrip().split(None, 1)[0].upper() if sql else "?"
+        statements[verb] = statements.get(verb, 0) + 1
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            db.seconds += time.perf_counter() - started
+            db.calls += 1
+
+    services.compose = compose.wrap(services.compose)  # type: ignore[attr-defined]
+    smtp.SmtpSession.send = smtp_io.wrap(smtp.SmtpSession.send)  # type: ignore[method-assign]
+    smtp.SmtpSession.open = smtp_connect.wrap(smtp.SmtpSession.open)  # type: ignore[method-assign]
+    smtp.SmtpSession.close = smtp_connect.wrap(smtp.SmtpSession.close)  # type: ignore[method-assign]
+    connection.ensure_connection()
+    # atomic() commits through this method; COMMIT is not an execute(), so time it apart.
+    connection.commit = commit.wrap(connection.commit)  # type: ignore[method-assign]
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend_pid = cursor.fetchone()[0]
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    _wait_for_go()
+    totals = services.DispatchReport()
+    passes = 0
+    start = time.time()
+    cpu = time.process_time()
+    backend_cpu = process_cpu_seconds(backend_pid)
+    with connection.execute_wrapper(db_wrapper):
+        if profiler:
+            profiler.enable()
+        while True:
+            report = services.dispatch_due()
+            passes += 1
+            totals.merge(report)
+            if report.claimed == 0 and report.follow_ups == 0:
+                break
+        if profiler:
+            profiler.disable()
+    end = time.time()
+    cpu = time.process_time() - cpu
+    backend_cpu = process_cpu_seconds(backend_pid) - backend_cpu
+    if profiler and profile:
+        profiler.dump_stats(profile)
+    return {
+        "start": start,
+        "end": end,
+        "cpu_seconds": cpu,
+        "backend_cpu_seconds": backend_cpu,
+        "sent": totals.sent,
+        "claimed": totals.claimed,
+        "failed": totals.failed + totals.bounced + totals.soft_bounced,
+        "released": totals.released,
+        "account_errors": sorted(set(totals.account_errors)),
+        "passes": passes,
+        "db_seconds": db.seconds,
+        "db_statements": db.calls,
+        "statements": statements,
+        "commit_seconds": commit.seconds,
+        "commits": commit.calls,
+        "compose_seconds": compose.seconds,
+        "smtp_seconds": smtp_io.seconds,
+        "smtp_connect_seconds": smtp_connect.seconds,
+        "smtp_connects": smtp_connect.calls // 2,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    raw = sub.add_parser("raw")
+    raw.add_argument("--messages", required=True)
+    raw.add_argument("--index", type=int, required=True)
+    raw.add_argument("--of", type=int, required=True)
+    raw.add_argument("--port", type=int, required=True)
+    pipeline = sub.add_parser("pipeline")
+    pipeline.add_argument("--profile", default=None, help="write cProfile stats to this file")
+    args = parser.parse_args(argv)
+    if args.mode == "raw":
+        result = run_raw(args.messages, args.index, args.of, args.port)
+    else:
+        result = run_pipeline(args.profile)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
