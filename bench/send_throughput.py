@@ -211,8 +211,11 @@ def _compose_all(run_id: int, path: Path) -> int:
     return round(sum(len(d) for _, _, d in out) / max(1, len(out)))
 
 
-def _run_senders(commands: list[list[str]], env: dict[str, str]) -> list[dict[str, Any]]:
-    """Start every sender, wait until all are ready, say go to all, collect their results."""
+def _run_senders(
+    commands: list[list[str]], env: dict[str, str], sink_pid: int
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Start every sender, wait until all are ready, say go to all, collect their results and
+    the CPU the sink and the whole machine used meanwhile."""
     processes = [
         subprocess.Popen(  # noqa: S603 - our own interpreter and module
             cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -227,6 +230,8 @@ def _run_senders(commands: list[list[str]], env: dict[str, str]) -> list[dict[st
                 line = process.stdout.readline()
             if not line:
                 raise SystemExit(f"a sender exited before it was ready: {commands}")
+        sink_cpu = common.process_cpu_seconds(sink_pid)
+        busy = common.machine_busy_seconds()
         for process in processes:
             assert process.stdin is not None
             process.stdin.write("go\n")
@@ -237,7 +242,11 @@ def _run_senders(commands: list[list[str]], env: dict[str, str]) -> list[dict[st
             if process.returncode:
                 raise SystemExit(f"a sender failed with exit code {process.returncode}")
             results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
+        cpu = {
+            "sink": common.process_cpu_seconds(sink_pid) - sink_cpu,
+            "machine": common.machine_busy_seconds() - busy,
+        }
+        return results, cpu
     finally:
         for process in processes:
             if process.poll() is None:
@@ -276,9 +285,10 @@ def run(
             size = _compose_all(run_id, Path(tmp) / "messages.pickle")
             say(f"set-up done: {n:,} queued messages of {size:,} bytes on average")
 
-            raw_runs = []
+            raw_runs: list[float] = []
+            raw_cpu: dict[str, float] = {}
             for _ in range(2):
-                results = _run_senders(
+                results, cpu = _run_senders(
                     [
                         [python, "-m", "bench.worker", "raw", "--messages",
                          str(Path(tmp) / "messages.pickle"), "--index", str(k),
@@ -286,10 +296,14 @@ def run(
                         for k in range(WORKERS)
                     ],
                     env,
+                    sink.pid,
                 )
                 refused = sum(r["refused"] for r in results)
                 if refused:
                     raise SystemExit(f"the sink refused {refused} raw messages")
+                if not raw_runs or _elapsed(results) < min(raw_runs):
+                    raw_cpu = {**cpu, "senders": sum(r["cpu_seconds"] for r in results),
+                               "seconds": _elapsed(results)}
                 raw_runs.append(_elapsed(results))
             raw_seconds = min(raw_runs)
 
@@ -301,8 +315,13 @@ def run(
                 if profile and k == 0:
                     cmd += ["--profile", profile]
                 commands.append(cmd)
-            workers = _run_senders(commands, env)
+            workers, pipe_cpu = _run_senders(commands, env, sink.pid)
             pipeline_seconds = _elapsed(workers)
+            pipe_cpu.update(
+                senders=sum(w["cpu_seconds"] for w in workers),
+                backends=sum(w["backend_cpu_seconds"] for w in workers),
+                seconds=pipeline_seconds,
+            )
         finally:
             sink.terminate()
             sink.wait(timeout=10)
@@ -328,6 +347,7 @@ def run(
     say(f"raw runs: {', '.join(f'{s:.2f}s' for s in raw_runs)}; "
         f"events recorded: {events:,} ({events / max(1, sent):.1f} per message)")
     _breakdown(workers, sent, 1000.0 * raw_seconds * WORKERS / n)
+    _cpu_budget(raw_cpu, n, pipe_cpu, sent)
     result = Result(NAME, "pipeline msgs/s / raw smtplib msgs/s", ratio, TARGET, True)
     say(f"ratio pipeline/raw: {ratio:.3f} (target >= {TARGET}) {result.verdict}")
     return [result]
@@ -373,6 +393,38 @@ def _breakdown(workers: list[dict[str, Any]], sent: int, raw_ms_per_message: flo
         for verb, count in sorted(statements.items(), key=lambda kv: -kv[1])
     )
     say(f"statements per message: {verbs}")
+
+
+def _cpu_budget(raw: dict[str, float], n_raw: int, pipe: dict[str, float], n_pipe: int) -> None:
+    """CPU per message by process, for both sides: the machine has os.cpu_count() cores and,
+    when it is saturated, every CPU-millisecond anywhere costs throughput."""
+    cores = os.cpu_count() or 1
+
+    def per(side: dict[str, float], key: str, n: int) -> float:
+        return 1000.0 * side.get(key, 0.0) / max(1, n)
+
+    def other(side: dict[str, float], n: int) -> float:
+        known = side.get("senders", 0.0) + side.get("backends", 0.0) + side.get("sink", 0.0)
+        return 1000.0 * (side["machine"] - known) / max(1, n)
+
+    say(f"CPU per message by process (ms of CPU; {cores} cores):")
+    say(
+        table(
+            ["process", "raw", "pipeline"],
+            [
+                ["senders (smtplib clients / workers)", per(raw, "senders", n_raw),
+                 per(pipe, "senders", n_pipe)],
+                ["PostgreSQL backends of the workers", 0.0, per(pipe, "backends", n_pipe)],
+                ["SMTP sink", per(raw, "sink", n_raw), per(pipe, "sink", n_pipe)],
+                ["everything else (WAL writer, OS, ...)", other(raw, n_raw),
+                 other(pipe, n_pipe)],
+                ["machine busy", per(raw, "machine", n_raw), per(pipe, "machine", n_pipe)],
+                ["machine utilisation %",
+                 100.0 * raw["machine"] / (raw["seconds"] * cores),
+                 100.0 * pipe["machine"] / (pipe["seconds"] * cores)],
+            ],
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -86,6 +86,14 @@ class ContactAdmin(admin.ModelAdmin):
         ("Lists", {"fields": ["lists"]}),
         ("Record", {"fields": ["created", "updated"]}),
     ]
+    # Support agents change a contact's consent flags and address, not its record.
+    RECORD_FIELDS = ["first_name", "last_name", "company", "owner", "stage", "lists"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Contact | None = None) -> list[str]:
+        readonly = list(super().get_readonly_fields(request, obj))
+        if not request.user.has_perm("contacts.add_contact"):
+            readonly += self.RECORD_FIELDS
+        return readonly
 
 
 class ActiveSuppressionFilter(admin.SimpleListFilter):

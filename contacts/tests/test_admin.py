@@ -231,3 +231,32 @@ def test_suppression_add_refuses_a_second_active_entry_for_the_same_reason(super
 
     assert response.status_code == 200  # the form again, with the error
     assert Suppression.objects.count() == 1
+
+
+def test_support_changes_consent_and_address_but_not_the_record(support_client):
+    from django.urls import reverse
+
+    from contacts.models import Contact
+    from leadcenter.factories import ContactFactory
+
+    contact = ContactFactory(email="old@example.test", first_name="Ada", company="Acme")
+    url = reverse("admin:contacts_contact_change", args=[contact.pk])
+
+    response = support_client.post(
+        url,
+        {
+            "email": "new@example.test",
+            "first_name": "Mallory",
+            "company": "Evil",
+            "email_status": "valid",
+            "do_not_email": "on",
+            "stage": "customer",
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    contact.refresh_from_db()
+    assert contact.email == "new@example.test"
+    assert contact.do_not_email is True
+    assert (contact.first_name, contact.company, contact.stage) == ("Ada", "Acme", "subscriber")
+    assert Contact.objects.count() == 1
