@@ -251,9 +251,9 @@ class Recipient(models.Model):
             models.Index(fields=["run", "status"], name="recipient_run_status"),
             models.Index(fields=["run", "filter_reason"], name="recipient_run_filter"),
             models.Index(fields=["contact", "run"], name="recipient_contact"),
-            # The follow-up scheduler's poll.
+            # The follow-up scheduler's poll and "does this run still have follow-ups".
             models.Index(
-                fields=["next_step_at"],
+                fields=["run", "next_step_at"],
                 condition=Q(next_step_at__isnull=False),
                 name="recipient_follow_up_due",
             ),

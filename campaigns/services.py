@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from campaigns import selectors
@@ -285,6 +285,7 @@ class DispatchReport:
     released: int = 0
     follow_ups: int = 0
     account_errors: list[str] = field(default_factory=list)
+    runs: set[int] = field(default_factory=set)  # runs that had email claimed
 
     @property
     def attempted(self) -> int:
@@ -302,6 +303,7 @@ class DispatchReport:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.account_errors += other.account_errors
+        self.runs |= other.runs
 
 
 def dispatch_due(
@@ -325,7 +327,7 @@ def dispatch_due(
         report.merge(
             account_send(account=account, deadline=deadline, due_by=now, max_messages=left)
         )
-    runs_refresh()
+    runs_refresh(sending=report.runs)
     return report
 
 
@@ -365,6 +367,7 @@ def account_send(
             if not batch:
                 break
             report.claimed += len(batch)
+            report.runs |= {m.run_id for m in batch}
             report.merge(_send_batch(account, session, batch))
         finally:
             session.close()
@@ -711,26 +714,40 @@ def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
     return len(to_create)
 
 
-def runs_refresh(*, now: datetime | None = None) -> list[int]:
+def runs_refresh(*, now: datetime | None = None, sending: set[int] | None = None) -> list[int]:
     """Complete the runs with nothing left to do: no message due or in flight (except those in
-    doubt, which wait for a person) and no follow-up scheduled. Returns the completed runs."""
+    doubt, which wait for a person) and no follow-up scheduled. A running run with email due
+    now that no worker could send (outside active hours, out of quota, no active account) is
+    shown as waiting on the queue. `sending`: the runs this pass sent for. Returns the runs
+    completed."""
     now = now or timezone.now()
-    cutoff = selectors.in_doubt_cutoff(now)
-    busy_messages = Message.objects.filter(
-        Q(status__in=Message.DUE_STATUSES) | Q(status=S.SENDING, claimed_at__gte=cutoff)
+    messages = Message.objects.filter(run=OuterRef("pk"))
+    runs = CampaignRun.objects.filter(status__in=SENDING_RUNS).annotate(
+        due=Exists(messages.filter(status__in=Message.DUE_STATUSES)),
+        due_now=Exists(messages.filter(status__in=Message.DUE_STATUSES, next_attempt_at__lte=now)),
+        in_flight=Exists(
+            messages.filter(status=S.SENDING, claimed_at__gte=selectors.in_doubt_cutoff(now))
+        ),
+        follow_ups=Exists(Recipient.objects.filter(run=OuterRef("pk"), next_step_at__isnull=False)),
     )
-    done = list(
-        CampaignRun.objects.filter(status__in=SENDING_RUNS)
-        .exclude(pk__in=busy_messages.values("run_id"))
-        .exclude(pk__in=Recipient.objects.filter(next_step_at__isnull=False).values("run_id"))
-        .values_list("pk", "campaign_id")
-    )
-    for run_id, campaign_id in done:
-        CampaignRun.objects.filter(pk=run_id, status__in=SENDING_RUNS).update(
-            status=RunStatus.COMPLETED, finished_at=now
-        )
-        _campaign_refresh_state(campaign_id)
-    return [run_id for run_id, _ in done]
+    completed = []
+    for run in runs.only("pk", "status", "campaign_id"):
+        if not (run.due or run.in_flight or run.follow_ups):
+            if CampaignRun.objects.filter(pk=run.pk, status__in=SENDING_RUNS).update(
+                status=RunStatus.COMPLETED, finished_at=now
+            ):
+                completed.append(run.pk)
+                _campaign_refresh_state(run.campaign_id)
+        elif (
+            run.status == RunStatus.RUNNING
+            and run.due_now
+            and not run.in_flight
+            and run.pk not in (sending or set())
+        ):
+            CampaignRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                status=RunStatus.WAITING
+            )
+    return completed
 
 
 # --- accounts ------------------------------------------------------------------------------

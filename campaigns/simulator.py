@@ -55,6 +55,7 @@ RULES: dict[str, Rule] = {
         "no answer", "rcpt", "421 4.4.2 mx.simulated.example Error: timeout exceeded", close=True
     ),
     "slow-server": Rule("slow reply", "rcpt", "250 2.1.5 Ok", delay=60.0),
+    "drop-in-data": Rule("connection dropped during DATA", "data_drop"),
     "bounce-later": Rule("accepted then bounced", "bounce_later"),
 }
 # With spread on, addresses without a keyword get these outcomes in these shares (per mille).
@@ -127,6 +128,11 @@ class SimulatedInternet:
 
     async def handle_DATA(self, server, session, envelope):
         rules = [rule_for(rcpt, spread=self.spread) for rcpt in envelope.rcpt_tos]
+        if any(r.stage == "data_drop" for r in rules):
+            # The message arrived but the server goes away before it answers: the client
+            # cannot know whether it was taken.
+            server.transport.close()
+            return "421 4.4.2 connection dropped"
         spam = next((r for r in rules if r.stage == "data"), None)
         if spam:
             with self._lock:

@@ -142,6 +142,7 @@ def test_recipients_are_spread_round_robin_over_the_accounts(make_campaign, add_
         ("x.mailbox-full@example.test", S.SOFT_BOUNCED, "soft", "mailbox_full", 452),
         ("x.spam-block@example.test", S.FAILED, "soft", "spam_blocked", 554),
         ("x.no-answer@example.test", S.SOFT_BOUNCED, "soft", "no_answer", 421),
+        ("x.drop-in-data@example.test", S.SOFT_BOUNCED, "soft", "no_answer", None),
     ],
 )
 def test_each_smtp_reply_ends_in_its_status_and_category(

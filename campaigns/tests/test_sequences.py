@@ -198,7 +198,7 @@ def test_the_daily_limit_holds_across_passes_and_restarts(
 
     assert len(received(smtp_server)) == 4
     run.refresh_from_db()
-    assert run.status == CampaignRun.Status.RUNNING
+    assert run.status == CampaignRun.Status.WAITING  # out of quota until tomorrow
     assert selectors.account_capacity(account, timezone.now()) == 0
 
 
@@ -255,3 +255,26 @@ def test_active_hours_follow_the_account_time_zone(local_time, weekdays, start, 
     moment = datetime.strptime(local_time, "%Y-%m-%d %H:%M").replace(tzinfo=zone)
 
     assert selectors.account_is_within_hours(account, moment.astimezone(ZoneInfo("UTC"))) is inside
+
+
+def test_a_run_with_email_due_that_no_account_may_send_now_waits_on_the_queue(
+    smtp_server, make_campaign, add_contacts, account
+):
+    add_contacts("a@example.test", "b@example.test")
+    account.daily_limit = 1
+    account.save()
+    run = launch(make_campaign())
+    dispatch_due()
+    run.refresh_from_db()
+    assert run.status == CampaignRun.Status.RUNNING  # it sent one
+
+    dispatch_due()  # the daily limit is used up: the other email waits
+
+    run.refresh_from_db()
+    assert run.status == CampaignRun.Status.WAITING
+    assert run.get_status_display() == "Waiting on queue"
+    account.daily_limit = 10
+    account.save()
+    dispatch_due()
+    run.refresh_from_db()
+    assert run.status == CampaignRun.Status.COMPLETED
