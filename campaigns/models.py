@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 
 
 class SendingAccount(models.Model):
@@ -251,6 +252,8 @@ class Recipient(models.Model):
             models.Index(fields=["run", "status"], name="recipient_run_status"),
             models.Index(fields=["run", "filter_reason"], name="recipient_run_filter"),
             models.Index(fields=["contact", "run"], name="recipient_contact"),
+            # Matching a bounce or complaint that names only the address.
+            models.Index(Lower("email"), name="recipient_email_ci"),
             # The follow-up scheduler's poll and "does this run still have follow-ups".
             models.Index(
                 fields=["run", "next_step_at"],

@@ -22,7 +22,8 @@ from django.utils import timezone
 
 from campaigns.models import Message, Recipient
 from contacts.services import contact_mark_invalid
-from tracking.classification import Classification
+from tracking.classification import Classification, classify_rejection
+from tracking.events import InboundEvent
 from tracking.models import Rejection, TrackingEvent
 
 S = Message.Status
@@ -211,7 +212,7 @@ def _apply(
                 break
         else:  # pragma: no cover - needs five concurrent writers on one message
             raise RuntimeError(f"message {message_id} kept changing under us")
-        if message_id is not None:
+        if message_id is not None and not event_fields.get("is_machine"):
             _recipient_facts([row["recipient_id"]], event_type, occurred_at)
     event = TrackingEvent.objects.create(
         message_id=message_id,
@@ -334,6 +335,10 @@ def message_reject(
         # A bounce that arrives after delivery or engagement is history only: the address
         # demonstrably worked, so it is not marked invalid.
         if classification.is_hard and message and result.changed:
+            # The lead has failed for this run: no follow-up goes to a dead address.
+            Recipient.objects.filter(messages__pk=message_id).update(
+                status=Recipient.Status.FAILED, next_step_at=None
+            )
             label = Rejection.Category(classification.category).label
             contact_mark_invalid(
                 contact_id=message["recipient__contact_id"],
@@ -341,3 +346,114 @@ def message_reject(
                 source=source,
             )
     return result
+
+
+# --- events from outside -------------------------------------------------------------------
+
+# Event type -> the status it moves a message to (None: recorded beside the status).
+_EVENT_STATUS: dict[str, str | None] = {
+    E.DELIVERED: S.DELIVERED,
+    E.OPENED: S.OPENED,
+    E.CLICKED: S.CLICKED,
+    E.REPLIED: S.REPLIED,
+    E.DEFERRED: S.SOFT_BOUNCED,
+    E.UNSUBSCRIBED: None,
+    E.COMPLAINED: None,
+    E.AUTOREPLY: None,
+    E.SENT: S.SENT,
+    E.QUEUED: None,
+    E.UNKNOWN: None,
+}
+
+
+def event_record(event: InboundEvent) -> TransitionResult:
+    """Match an outside event to its message, record it once, and apply it: the status
+    through the state machine, and the consequences of DESIGN.md (a hard rejection marks the
+    address invalid and suppresses it; a complaint or an unsubscribe suppresses it and leaves
+    the address valid). An event that matches nothing is kept, unmatched."""
+    from tracking.selectors import message_match
+
+    if TrackingEvent.objects.filter(dedupe_key=event.dedupe_key).exists():
+        return TransitionResult(event=None, changed=False, duplicate=True)
+    message_id = message_match(event)
+    common = {
+        "source": event.source,
+        "occurred_at": event.occurred_at,
+        "dedupe_key": event.dedupe_key,
+        "raw": event.raw,
+    }
+    if event.type in (E.BOUNCED, E.FAILED, E.DEFERRED) and message_id is not None:
+        classification = classify_rejection(
+            smtp_code=event.smtp_code,
+            smtp_status=event.smtp_status,
+            text=event.diagnostic,
+            esp_fields=event.esp_fields,
+            reject_reason=event.reject_reason,
+        )
+        if event.type == E.DEFERRED or not event.permanent:
+            status = S.SOFT_BOUNCED
+        elif classification.is_hard:
+            status = S.BOUNCED
+        else:
+            status = S.FAILED
+        return message_reject(
+            message_id=message_id,
+            classification=classification,
+            status=status,
+            smtp_code=event.smtp_code,
+            smtp_status=event.smtp_status,
+            diagnostic=event.diagnostic,
+            **common,
+        )
+    status = None if event.is_machine else _EVENT_STATUS.get(event.type)
+    with transaction.atomic():
+        result = message_transition(
+            message_id=message_id,
+            event_type=event.type,
+            status=status,
+            email=event.recipient[:254],
+            url=event.url[:2000],
+            user_agent=event.user_agent[:500],
+            is_machine=event.is_machine,
+            detail=event.detail or event.diagnostic,
+            **common,
+        )
+        if result.duplicate or message_id is None:
+            return result
+        if event.type in (E.UNSUBSCRIBED, E.COMPLAINED):
+            _contact_opt_out(message_id, event)
+    return result
+
+
+def _contact_opt_out(message_id: int, event: InboundEvent) -> None:
+    """An unsubscribe or a complaint: the contact stops getting mail at once (a suppression),
+    but the address is not marked invalid. An unsubscribe from one topic opts out of it only."""
+    from contacts.models import Contact, Suppression
+    from contacts.services import suppression_add
+
+    row = (
+        Message.objects.filter(pk=message_id)
+        .values("recipient__contact_id", "recipient__email", "run__campaign__topic_id")
+        .first()
+    )
+    contact_id, email, topic_id = (
+        row["recipient__contact_id"],
+        row["recipient__email"],
+        row["run__campaign__topic_id"],
+    )
+    if event.type == E.UNSUBSCRIBED and not event.unsubscribe_all and topic_id:
+        Contact.opted_out_topics.through.objects.get_or_create(
+            contact_id=contact_id, topic_id=topic_id
+        )
+        return
+    if event.type == E.UNSUBSCRIBED:
+        Contact.objects.filter(pk=contact_id, unsubscribed_at__isnull=True).update(
+            unsubscribed_at=event.occurred_at
+        )
+    reason = (
+        Suppression.Reason.UNSUBSCRIBE
+        if event.type == E.UNSUBSCRIBED
+        else Suppression.Reason.COMPLAINT
+    )
+    if email.strip():
+        suppression_add(email=email, reason=reason, source=event.source)
