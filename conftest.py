@@ -1,10 +1,12 @@
-"""Fixtures for every test: fast password hashing, and a shared cast of admin users, one per
-role, each also logged into its own test client, and a check that an admin page's query count
-does not grow with its rows."""
+"""Fixtures for every test: fast password hashing; a shared cast of admin users, one per
+role, each also logged into its own test client; a check that an admin page's query count
+does not grow with its rows; a real SMTP server (the simulated internet) with a sending account
+and a campaign over an audience."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
@@ -12,7 +14,16 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from leadcenter.factories import UserFactory
+from campaigns.models import Campaign
+from campaigns.simulator import SimulatedInternet, SimulatorServer
+from leadcenter.factories import (
+    CampaignFactory,
+    CampaignStepFactory,
+    ContactFactory,
+    ContactListFactory,
+    SendingAccountFactory,
+    UserFactory,
+)
 from leadcenter.roles import MANAGERS, STAFF, SUPPORT, roles_setup
 
 PASSWORD = "correct horse battery staple"  # noqa: S105  (UserFactory's)
@@ -102,3 +113,59 @@ def assert_bounded_queries(
 def _fast_password_hashing(settings):
     # Tests log in many users; PBKDF2 at full strength would dominate the suite's time.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# --- sending: a real SMTP server and a campaign over an audience ---
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1 that answers by address (see campaigns.simulator)."""
+    with SimulatorServer(SimulatedInternet()) as server:
+        yield server
+
+
+@pytest.fixture
+def account(smtp_server):
+    return SendingAccountFactory(
+        name="Sales",
+        from_email="sales@leadcenter.test",
+        smtp_port=smtp_server.port,
+        return_path="bounces@leadcenter.test",
+        smtp_timeout=5,
+        daily_limit=1000,
+        per_minute_limit=1000,
+    )
+
+
+@pytest.fixture
+def audience():
+    return ContactListFactory(name="Audience")
+
+
+@pytest.fixture
+def make_campaign(account, audience):
+    def make(
+        *, steps: int = 1, delay: timedelta = timedelta(0), accounts=None, **kwargs
+    ) -> Campaign:
+        campaign = CampaignFactory(**kwargs)
+        campaign.lists.add(audience)
+        campaign.accounts.add(*(accounts or [account]))
+        for position in range(1, steps + 1):
+            CampaignStepFactory(
+                campaign=campaign,
+                position=position,
+                subject=f"Step {position} for {{{{ contact.first_name }}}}",
+                delay=delay if position > 1 else timedelta(0),
+            )
+        return campaign
+
+    return make
+
+
+@pytest.fixture
+def add_contacts(audience):
+    def add(*emails: str, **fields):
+        return [ContactFactory(email=email, lists=[audience], **fields) for email in emails]
+
+    return add

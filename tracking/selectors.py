@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 
 from django.db.models import CharField
 from django.db.models.functions import Lower
@@ -54,3 +55,25 @@ def message_match(event: InboundEvent) -> int | None:
         )
         return latest.first()
     return None
+
+
+# Link scanners, security gateways, previewers and HTTP libraries: their requests are not a
+# person reading or clicking. (Gmail's and Yahoo's image proxies fetch when a person opens, so
+# they are not here.)
+_MACHINE_AGENTS = re.compile(
+    r"bot\b|spider|crawl|preview|scanner|barracuda|mimecast|proofpoint|safelinks|fireeye|"
+    r"forcepoint|trendmicro|symantec|sophos|messagelabs|ironport|cisco|zscaler|"
+    r"python-requests|python-urllib|go-http-client|curl/|wget/|java/|okhttp|headlesschrome|"
+    r"phantomjs|libwww|httpclient|axios|node-fetch",
+    re.IGNORECASE,
+)
+# A click this soon after the email left us is a scanner following every link on arrival.
+MACHINE_CLICK_WINDOW = timedelta(seconds=10)
+
+
+def event_is_machine(*, message_pk: int, user_agent: str, now: datetime | None = None) -> bool:
+    """Whether an open or click looks like machine activity rather than a person."""
+    if not user_agent.strip() or _MACHINE_AGENTS.search(user_agent):
+        return True
+    sent_at = Message.objects.filter(pk=message_pk).values_list("sent_at", flat=True).first()
+    return bool(sent_at and (now or timezone.now()) - sent_at < MACHINE_CLICK_WINDOW)
