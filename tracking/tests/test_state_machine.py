@@ -76,11 +76,17 @@ def test_a_replayed_event_is_recorded_once():
     message = _message_in("sent")
 
     first = message_transition(
-        message_id=message.pk, event_type=E.OPENED, source="pixel", status=S.OPENED,
+        message_id=message.pk,
+        event_type=E.OPENED,
+        source="pixel",
+        status=S.OPENED,
         dedupe_key="pixel:abc",
     )
     second = message_transition(
-        message_id=message.pk, event_type=E.OPENED, source="pixel", status=S.OPENED,
+        message_id=message.pk,
+        event_type=E.OPENED,
+        source="pixel",
+        status=S.OPENED,
         dedupe_key="pixel:abc",
     )
 
@@ -97,7 +103,10 @@ def test_first_seen_times_are_kept_and_counters_grow():
     first_open = timezone.now() - timedelta(hours=2)
 
     message_transition(
-        message_id=message.pk, event_type=E.OPENED, source="pixel", status=S.OPENED,
+        message_id=message.pk,
+        event_type=E.OPENED,
+        source="pixel",
+        status=S.OPENED,
         occurred_at=first_open,
     )
     message_transition(message_id=message.pk, event_type=E.OPENED, source="pixel", status=S.OPENED)
@@ -117,7 +126,10 @@ def test_first_seen_times_are_kept_and_counters_grow():
 @pytest.mark.django_db
 def test_an_event_that_matches_no_message_is_kept_unmatched():
     result = message_transition(
-        message_id=None, event_type=E.BOUNCED, source="dsn", email="nobody@example.test",
+        message_id=None,
+        event_type=E.BOUNCED,
+        source="dsn",
+        email="nobody@example.test",
         raw="Final-Recipient: rfc822; nobody@example.test",
     )
 
@@ -164,6 +176,9 @@ def test_a_batch_refuses_a_transition_outside_the_table():
 
     with pytest.raises(ValueError, match="delivered -> bounced"):
         messages_transition(
-            message_ids=[message.pk], from_status=S.DELIVERED, status=S.BOUNCED,
-            event_type=E.BOUNCED, source="dsn",
+            message_ids=[message.pk],
+            from_status=S.DELIVERED,
+            status=S.BOUNCED,
+            event_type=E.BOUNCED,
+            source="dsn",
         )
