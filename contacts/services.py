@@ -44,3 +44,22 @@ def active_suppressions(emails: list[str]) -> set[str]:
             "email", flat=True
         )
     )
+
+
+def contact_revalidate(*, contact_id: int, reason: str) -> None:
+    """Undo a hard rejection that later engagement proved wrong (the person opened, clicked or
+    replied): the address is valid again and its hard-bounce suppression is lifted, with the
+    reason kept in the suppression's history."""
+    now = timezone.now()
+    contact = Contact.objects.filter(pk=contact_id).only("email").first()
+    if contact is None:
+        return
+    Contact.objects.filter(pk=contact_id, email_status=Contact.EmailStatus.INVALID).update(
+        email_status=Contact.EmailStatus.VALID, invalid_reason="", invalid_at=None
+    )
+    if contact.email:
+        Suppression.objects.filter(
+            email=contact.email.strip().lower(),
+            reason=Suppression.Reason.HARD_BOUNCE,
+            lifted_at__isnull=True,
+        ).update(lifted_at=now, lift_reason=reason[:255])

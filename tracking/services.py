@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from campaigns.models import Message, Recipient
-from contacts.services import contact_mark_invalid
+from contacts.services import contact_mark_invalid, contact_revalidate
 from tracking.classification import Classification, classify_rejection
 from tracking.events import InboundEvent
 from tracking.models import Rejection, TrackingEvent
@@ -422,6 +422,16 @@ def event_record(event: InboundEvent) -> TransitionResult:
             return result
         if event.type in (E.UNSUBSCRIBED, E.COMPLAINED):
             _contact_opt_out(message_id, event)
+        if result.changed and result.from_status == S.BOUNCED:
+            # A person engaged with a message we thought bounced: the bounce was wrong (a late
+            # or misattributed DSN), so its consequences are undone, whatever the order in
+            # which the two arrived.
+            contact_revalidate(
+                contact_id=Message.objects.values_list("recipient__contact_id", flat=True).get(
+                    pk=message_id
+                ),
+                reason=f"{event.type} after the bounce proves the address works",
+            )
     return result
 
 

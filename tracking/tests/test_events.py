@@ -1,0 +1,148 @@
+"""event_record: matching, dedupe, consequences, and the same final state in any order."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from itertools import permutations
+
+import pytest
+from django.utils import timezone
+
+from campaigns.models import Message
+from contacts.models import Contact, Suppression
+from leadcenter.factories import MessageFactory
+from tracking.events import InboundEvent, dedupe_key
+from tracking.models import Rejection, TrackingEvent
+from tracking.services import event_record
+
+pytestmark = pytest.mark.django_db
+S = Message.Status
+E = TrackingEvent.Type
+
+
+def sent_message(**fields) -> Message:
+    message = MessageFactory(**fields)
+    Message.objects.filter(pk=message.pk).update(
+        status=S.SENT, sent_at=timezone.now() - timedelta(hours=1)
+    )
+    message.refresh_from_db()
+    return message
+
+
+def event(kind: str, message: Message, n: int = 0, **fields) -> InboundEvent:
+    return InboundEvent(
+        type=kind,
+        source="webhook:test",
+        occurred_at=timezone.now() - timedelta(minutes=30 - n),
+        dedupe_key=dedupe_key("test", message.pk, kind, n),
+        message_pk=message.pk,
+        **fields,
+    )
+
+
+HARD = {"smtp_code": 550, "smtp_status": "5.1.1", "diagnostic": "550 5.1.1 user unknown"}
+
+
+@pytest.mark.parametrize("order", list(permutations(["delivered", "opened", "clicked", "bounced"])))
+def test_events_in_any_order_give_the_same_final_state(order):
+    message = sent_message()
+    events = {
+        "delivered": event(E.DELIVERED, message, 1),
+        "opened": event(E.OPENED, message, 2),
+        "clicked": event(E.CLICKED, message, 3),
+        "bounced": event(E.BOUNCED, message, 4, **HARD),
+    }
+
+    for name in order:
+        event_record(events[name])
+    for name in order:  # and replayed: nothing changes
+        assert event_record(events[name]).duplicate
+
+    message.refresh_from_db()
+    assert message.status == S.CLICKED
+    assert (message.open_count, message.click_count) == (1, 1)
+    assert TrackingEvent.objects.filter(message=message).count() == 4
+    # Engagement proves the address works, whether the bounce came before or after it.
+    assert Contact.objects.get().email_status == Contact.EmailStatus.VALID
+    assert not Suppression.objects.filter(lifted_at__isnull=True).exists()
+
+
+def test_a_hard_bounce_invalidates_and_suppresses_the_address():
+    message = sent_message()
+
+    result = event_record(event(E.BOUNCED, message, **HARD))
+
+    assert result.changed
+    message.refresh_from_db()
+    assert message.status == S.BOUNCED
+    contact = Contact.objects.get()
+    assert contact.email_status == Contact.EmailStatus.INVALID
+    assert "User not found" in contact.invalid_reason
+    assert Suppression.objects.filter(reason="hard_bounce").count() == 1
+    assert Rejection.objects.get().category == "user_not_found"
+
+
+def test_an_esp_bounced_without_a_hard_reason_is_not_hard():
+    message = sent_message()
+
+    event_record(event(E.BOUNCED, message, reject_reason="bounced", diagnostic="452 4.2.2 full"))
+
+    message.refresh_from_db()
+    assert message.status == S.FAILED  # a final failure, but soft: the address stays valid
+    assert Contact.objects.get().email_status == Contact.EmailStatus.VALID
+    assert Rejection.objects.get().kind == "soft"
+
+
+def test_a_complaint_suppresses_but_leaves_the_address_valid():
+    message = sent_message()
+
+    event_record(event(E.COMPLAINED, message))
+
+    message.refresh_from_db()
+    assert message.complained_at is not None
+    assert message.status == S.SENT
+    assert Contact.objects.get().email_status == Contact.EmailStatus.VALID
+    assert Suppression.objects.get().reason == "complaint"
+
+
+def test_matching_falls_back_from_message_id_to_esp_id_to_the_latest_by_address():
+    older = sent_message()
+    newer = sent_message(recipient__contact__email="same@example.test")
+    Message.objects.filter(pk=newer.pk).update(esp_message_id="esp-123")
+
+    by_header = InboundEvent(
+        type=E.DELIVERED,
+        source="dsn",
+        occurred_at=timezone.now(),
+        dedupe_key="k1",
+        header_message_ids=[older.message_id.strip("<>")],
+    )
+    by_esp = InboundEvent(
+        type=E.DELIVERED,
+        source="webhook:x",
+        occurred_at=timezone.now(),
+        dedupe_key="k2",
+        esp_message_id="esp-123",
+    )
+    by_address = InboundEvent(
+        type=E.OPENED,
+        source="webhook:x",
+        occurred_at=timezone.now(),
+        dedupe_key="k3",
+        recipient="SAME@example.test",
+    )
+    unmatched = InboundEvent(
+        type=E.BOUNCED,
+        source="dsn",
+        occurred_at=timezone.now(),
+        dedupe_key="k4",
+        recipient="nobody@example.test",
+        raw="the raw bounce",
+    )
+
+    assert event_record(by_header).event.message_id == older.pk
+    assert event_record(by_esp).event.message_id == newer.pk
+    assert event_record(by_address).event.message_id == newer.pk
+    kept = event_record(unmatched).event
+    assert kept.message_id is None
+    assert kept.raw == "the raw bounce"
