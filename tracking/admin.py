@@ -42,6 +42,24 @@ class EventSourceFilter(admin.SimpleListFilter):
         return queryset
 
 
+class MatchedFilter(admin.SimpleListFilter):
+    """Events that matched no message (a bounce for an address we never wrote to, a garbled
+    report) are kept for a person to read."""
+
+    title = "matched"
+    parameter_name = "matched"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Matched to a message"), ("no", "Unmatched")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(message__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(message__isnull=True)
+        return queryset
+
+
 @admin.register(TrackingEvent)
 class TrackingEventAdmin(HistoryAdmin):
     list_display = [
@@ -56,7 +74,7 @@ class TrackingEventAdmin(HistoryAdmin):
     ]
     # A date filter rather than date_hierarchy: the hierarchy runs a DISTINCT over every event's
     # date on each page view.
-    list_filter = ["type", EventSourceFilter, "is_machine", "occurred_at"]
+    list_filter = ["type", EventSourceFilter, MatchedFilter, "is_machine", "occurred_at"]
     search_fields = ["email", "=dedupe_key", "message__message_id"]
     list_select_related = ["message"]
     show_full_result_count = False

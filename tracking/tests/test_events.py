@@ -146,3 +146,23 @@ def test_matching_falls_back_from_message_id_to_esp_id_to_the_latest_by_address(
     kept = event_record(unmatched).event
     assert kept.message_id is None
     assert kept.raw == "the raw bounce"
+
+
+def test_unmatched_events_are_listed_for_a_person(superuser_client):
+    event_record(
+        InboundEvent(
+            type=E.BOUNCED,
+            source="dsn",
+            occurred_at=timezone.now(),
+            dedupe_key="u1",
+            recipient="stranger@example.test",
+            raw="Final-Recipient: rfc822; stranger@example.test",
+        )
+    )
+    sent_message()
+
+    page = superuser_client.get("/admin/tracking/trackingevent/?matched=no")
+
+    assert page.status_code == 200
+    assert b"stranger@example.test" in page.content
+    assert page.context["cl"].result_count == 1
