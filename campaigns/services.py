@@ -83,8 +83,17 @@ def _message_id(recipient_id: int, position: int, salt: str) -> str:
 def run_prepare(*, run: CampaignRun) -> CampaignRun:
     """One Recipient per contact of the campaign's lists, with its filter reason, the others
     assigned round-robin to the accounts, and a queued Message for step 1: set-wise in SQL."""
-    if run.status != RunStatus.INITIALIZED:
-        return run  # a task can run twice; the second finds the work done
+    with transaction.atomic():
+        # A task can run twice, even at once: the second waits for the first's lock here and
+        # then finds the work done.
+        locked = CampaignRun.objects.select_for_update().filter(pk=run.pk).first()
+        if locked is None or locked.status != RunStatus.INITIALIZED:
+            run.refresh_from_db()
+            return run
+        return _run_prepare_locked(run=locked)
+
+
+def _run_prepare_locked(*, run: CampaignRun) -> CampaignRun:
     campaign = run.campaign
     accounts = list(
         campaign.accounts.filter(is_active=True).order_by("pk").values_list("pk", flat=True)
@@ -182,7 +191,8 @@ def run_prepare(*, run: CampaignRun) -> CampaignRun:
 
 
 def run_fail(*, run: CampaignRun, error: str) -> CampaignRun:
-    CampaignRun.objects.filter(pk=run.pk).update(
+    """An error stopped the run before it sent anything (only an initialized run fails so)."""
+    CampaignRun.objects.filter(pk=run.pk, status=RunStatus.INITIALIZED).update(
         status=RunStatus.FAILED, error=error, finished_at=timezone.now()
     )
     _campaign_refresh_state(run.campaign_id)

@@ -165,10 +165,21 @@ Q_CLUSTER = {
     "retry": Q_TIMEOUT + env_int("Q_RETRY_MARGIN", 60, minimum=1),
     "max_attempts": 1,
     "queue_limit": 50,
-    "bulk": 10,
+    # One task fetched at a time: with the ORM broker a cluster otherwise takes a bulk of
+    # tasks while its workers are busy, and their retry clock runs from the fetch.
+    "bulk": 1,
+    # django-q2 pops this key when Q_CLUSTER_NAME is set; without it that would crash.
+    "ALT_CLUSTERS": {},
     "catch_up": False,
     "label": "Task queue",
 }
+# Opens and clicks go through a Redis list when Redis is there, so the pixel answers at once
+# ("inline" applies them in the request instead).
+LEADCENTER_TRACKING_BUFFER = env_str(
+    "LEADCENTER_TRACKING_BUFFER", "redis" if REDIS_URL else "inline"
+)
+if LEADCENTER_TRACKING_BUFFER not in ("redis", "inline"):
+    raise ImproperlyConfigured("LEADCENTER_TRACKING_BUFFER must be redis or inline")
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
@@ -181,6 +192,8 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ANYMAIL = {
     "WEBHOOK_SECRET": env_str("ANYMAIL_WEBHOOK_SECRET", ""),
 }
+# Apply ESP webhook events in the request instead of a django-q2 task (tests, small installs).
+LEADCENTER_WEBHOOKS_SYNC = env_bool("LEADCENTER_WEBHOOKS_SYNC", False)
 
 LOGGING = {
     "version": 1,

@@ -71,9 +71,12 @@ _MACHINE_AGENTS = re.compile(
 MACHINE_CLICK_WINDOW = timedelta(seconds=10)
 
 
-def event_is_machine(*, message_pk: int, user_agent: str, now: datetime | None = None) -> bool:
-    """Whether an open or click looks like machine activity rather than a person."""
-    if not user_agent.strip() or _MACHINE_AGENTS.search(user_agent):
-        return True
+def is_machine_agent(user_agent: str) -> bool:
+    """A user agent that is a scanner, previewer or HTTP library, or none at all."""
+    return not user_agent.strip() or bool(_MACHINE_AGENTS.search(user_agent))
+
+
+def is_too_soon_after_sending(*, message_pk: int, when: datetime) -> bool:
+    """An open or click within seconds of the email leaving us is a scanner on arrival."""
     sent_at = Message.objects.filter(pk=message_pk).values_list("sent_at", flat=True).first()
-    return bool(sent_at and (now or timezone.now()) - sent_at < MACHINE_CLICK_WINDOW)
+    return bool(sent_at and when - sent_at < MACHINE_CLICK_WINDOW)

@@ -371,7 +371,7 @@ def event_record(event: InboundEvent) -> TransitionResult:
     through the state machine, and the consequences of DESIGN.md (a hard rejection marks the
     address invalid and suppresses it; a complaint or an unsubscribe suppresses it and leaves
     the address valid). An event that matches nothing is kept, unmatched."""
-    from tracking.selectors import message_match
+    from tracking.selectors import is_too_soon_after_sending, message_match
 
     if TrackingEvent.objects.filter(dedupe_key=event.dedupe_key).exists():
         return TransitionResult(event=None, changed=False, duplicate=True)
@@ -403,8 +403,18 @@ def event_record(event: InboundEvent) -> TransitionResult:
             smtp_code=event.smtp_code,
             smtp_status=event.smtp_status,
             diagnostic=event.diagnostic,
+            # A delay reported from outside (an ESP, a relay's DSN) means they are still
+            # retrying: the message must not be due for our dispatcher, or it goes out twice.
+            fields={"next_attempt_at": None} if status == S.SOFT_BOUNCED else None,
             **common,
         )
+    if (
+        event.type in (E.OPENED, E.CLICKED)
+        and not event.is_machine
+        and message_id is not None
+        and is_too_soon_after_sending(message_pk=message_id, when=event.occurred_at)
+    ):
+        event.is_machine = True
     status = None if event.is_machine else _EVENT_STATUS.get(event.type)
     with transaction.atomic():
         result = message_transition(

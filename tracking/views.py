@@ -15,9 +15,10 @@ from django.views.decorators.http import require_http_methods
 
 from campaigns.models import Message
 from tracking import tokens
+from tracking.buffer import event_submit
 from tracking.events import InboundEvent, dedupe_key
 from tracking.models import TrackingEvent
-from tracking.selectors import event_is_machine
+from tracking.selectors import is_machine_agent
 from tracking.services import event_record
 
 E = TrackingEvent.Type
@@ -36,7 +37,7 @@ def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
     message_pk = tokens.read_token(tokens.OPEN, token)
     if message_pk is not None:
         user_agent = _user_agent(request)
-        event_record(
+        event_submit(
             InboundEvent(
                 type=E.OPENED,
                 source=Source.PIXEL,
@@ -44,8 +45,7 @@ def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
                 dedupe_key=f"pixel:{uuid.uuid4().hex}",
                 message_pk=message_pk,
                 user_agent=user_agent,
-                is_machine=request.method == "HEAD"
-                or event_is_machine(message_pk=message_pk, user_agent=user_agent),
+                is_machine=request.method == "HEAD" or is_machine_agent(user_agent),
             )
         )
     response = HttpResponse(GIF, content_type="image/gif")
@@ -62,7 +62,7 @@ def click_redirect(request: HttpRequest, token: str) -> HttpResponse:
     if target is None:
         raise Http404("This link is not valid.")
     user_agent = _user_agent(request)
-    event_record(
+    event_submit(
         InboundEvent(
             type=E.CLICKED,
             source=Source.CLICK,
@@ -71,8 +71,7 @@ def click_redirect(request: HttpRequest, token: str) -> HttpResponse:
             message_pk=target.message_id,
             url=target.url,
             user_agent=user_agent,
-            is_machine=request.method == "HEAD"
-            or event_is_machine(message_pk=target.message_id, user_agent=user_agent),
+            is_machine=request.method == "HEAD" or is_machine_agent(user_agent),
         )
     )
     return HttpResponseRedirect(target.url)

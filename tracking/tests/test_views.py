@@ -210,3 +210,56 @@ def test_a_forged_unsubscribe_token_shows_an_error_and_records_nothing(client, s
         assert response.status_code == 404
         assert b"This link is not valid" in response.content
     assert Contact.objects.get().unsubscribed_at is None
+
+
+@pytest.fixture
+def redis_buffer(settings):
+    import redis
+
+    from tracking import buffer
+
+    settings.REDIS_URL = "redis://127.0.0.1:6379/7"
+    settings.LEADCENTER_TRACKING_BUFFER = "redis"
+    buffer._redis.cache_clear()
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    client.flushdb()
+    yield buffer
+    client.flushdb()
+    buffer._redis.cache_clear()
+
+
+def test_with_redis_opens_and_clicks_are_queued_then_drained_once(
+    client, sent_message, redis_buffer
+):
+    token = tokens.make_click_token(sent_message.pk, "https://example.test/")
+    for _ in range(3):
+        assert client.get(pixel(sent_message.pk), HTTP_USER_AGENT=BROWSER).status_code == 200
+    assert client.get(f"/t/c/{token}/", HTTP_USER_AGENT=BROWSER).status_code == 302
+
+    assert redis_buffer.events_pending() == 4
+    assert not TrackingEvent.objects.filter(type__in=["opened", "clicked"]).exists()
+    assert redis_buffer.events_drain() == 4
+    assert redis_buffer.events_drain() == 0
+
+    sent_message.refresh_from_db()
+    assert (sent_message.open_count, sent_message.click_count) == (3, 1)
+    assert sent_message.status == S.CLICKED
+
+
+def test_a_drain_that_runs_twice_over_the_same_events_records_them_once(
+    client, sent_message, redis_buffer
+):
+    client.get(pixel(sent_message.pk), HTTP_USER_AGENT=BROWSER)
+    queued = redis_buffer._redis().lrange(redis_buffer.KEY, 0, -1)
+    redis_buffer.events_drain()
+    # A drain died after applying but before trimming: the same items are there again.
+    redis_buffer._redis().rpush(redis_buffer.KEY, *queued)
+
+    redis_buffer.events_drain()
+
+    sent_message.refresh_from_db()
+    assert sent_message.open_count == 1

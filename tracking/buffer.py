@@ -1,0 +1,86 @@
+"""Hand-off of tracking hits (opens, clicks) from the web request to the workers.
+
+With Redis configured, the pixel and the click redirect only append the event to a Redis list
+(a fraction of a millisecond) and answer; the drain task applies the list in order through
+`event_record`. Each event carries its dedupe key from the moment it was received, so a drain
+that dies half-way and runs again records nothing twice. Without Redis (a first run on SQLite),
+events are applied inline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from datetime import datetime
+from functools import cache
+
+from django.conf import settings
+
+from tracking.events import InboundEvent
+from tracking.services import event_record
+
+logger = logging.getLogger(__name__)
+KEY = "leadcenter:tracking:events"
+LOCK = "leadcenter:tracking:drain-lock"
+
+
+@cache
+def _redis():
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def is_buffered() -> bool:
+    return settings.LEADCENTER_TRACKING_BUFFER == "redis" and bool(settings.REDIS_URL)
+
+
+def event_submit(event: InboundEvent) -> None:
+    """Record the event now, or queue it for the drain when Redis is configured. A Redis that
+    does not answer costs nothing but speed: the event is applied inline instead."""
+    if is_buffered():
+        import redis
+
+        payload = dataclasses.asdict(event)
+        payload["occurred_at"] = event.occurred_at.isoformat()
+        try:
+            _redis().rpush(KEY, json.dumps(payload))
+            return
+        except redis.RedisError:
+            logger.warning("Redis unavailable; recording a tracking event inline", exc_info=True)
+    event_record(event)
+
+
+def events_drain(*, batch: int = 500, max_seconds: float = 50.0) -> int:
+    """Apply queued events in order until the list is empty or time is up. One drainer at a
+    time (a Redis lock); items leave the list only after they are recorded."""
+    if not is_buffered():
+        return 0
+    client = _redis()
+    if not client.set(LOCK, "1", nx=True, ex=int(max_seconds) + 30):
+        return 0
+    applied = 0
+    deadline = time.monotonic() + max_seconds
+    try:
+        while time.monotonic() < deadline:
+            items = client.lrange(KEY, 0, batch - 1)
+            if not items:
+                break
+            for item in items:
+                try:
+                    data = json.loads(item)
+                    data["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
+                    event_record(InboundEvent(**data))
+                except Exception:  # one bad item must not block the queue behind it
+                    logger.exception("could not apply a queued tracking event: %r", item[:500])
+            client.ltrim(KEY, len(items), -1)
+            applied += len(items)
+    finally:
+        client.delete(LOCK)
+    return applied
+
+
+def events_pending() -> int:
+    return int(_redis().llen(KEY)) if is_buffered() else 0
