@@ -19,7 +19,7 @@ from functools import cache
 from django.conf import settings
 
 from tracking.events import InboundEvent
-from tracking.services import event_record
+from tracking.services import event_record, events_record_many
 
 logger = logging.getLogger(__name__)
 KEY = "leadcenter:tracking:events"
@@ -68,13 +68,15 @@ def events_drain(*, batch: int = 500, max_seconds: float = 50.0) -> int:
             items = client.lrange(KEY, 0, batch - 1)
             if not items:
                 break
+            events = []
             for item in items:
                 try:
                     data = json.loads(item)
                     data["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
-                    event_record(InboundEvent(**data))
-                except Exception:  # one bad item must not block the queue behind it
-                    logger.exception("could not apply a queued tracking event: %r", item[:500])
+                    events.append(InboundEvent(**data))
+                except (ValueError, TypeError, KeyError):  # a bad item must not block the rest
+                    logger.exception("unreadable queued tracking event: %r", item[:500])
+            events_record_many(events)
             client.ltrim(KEY, len(items), -1)
             applied += len(items)
     finally:

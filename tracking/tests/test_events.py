@@ -166,3 +166,60 @@ def test_unmatched_events_are_listed_for_a_person(superuser_client):
     assert page.status_code == 200
     assert b"stranger@example.test" in page.content
     assert page.context["cl"].result_count == 1
+
+
+def _state(message: Message) -> tuple:
+    message.refresh_from_db()
+    r = message.recipient
+    r.refresh_from_db()
+    events = sorted((e.type, e.is_machine, bool(e.to_status)) for e in message.events.all())
+    return (
+        message.status,
+        message.open_count,
+        message.click_count,
+        message.opened_at,
+        message.clicked_at,
+        message.delivered_at,
+        r.opened_at,
+        r.clicked_at,
+        r.delivered_at,
+        events,
+    )
+
+
+def test_a_batch_of_opens_and_clicks_ends_as_recording_them_one_by_one():
+    from tracking.services import events_record_many
+
+    one, many = sent_message(), sent_message()
+    base = timezone.now() - timedelta(minutes=20)
+    plan = [
+        (E.OPENED, False),
+        (E.OPENED, True),
+        (E.CLICKED, False),
+        (E.OPENED, False),
+        (E.CLICKED, True),
+        (E.OPENED, False),
+    ]
+
+    def events_for(message: Message, tag: str) -> list[InboundEvent]:
+        return [
+            InboundEvent(
+                type=kind,
+                source="pixel" if kind == E.OPENED else "click",
+                occurred_at=base + timedelta(seconds=i),
+                dedupe_key=f"{tag}:{i}",
+                message_pk=message.pk,
+                is_machine=machine,
+                user_agent="Mozilla/5.0" if not machine else "Barracuda",
+            )
+            for i, (kind, machine) in enumerate(plan)
+        ]
+
+    for e in events_for(one, "one"):
+        event_record(e)
+    batch = events_for(many, "many")
+    assert events_record_many([*batch, batch[0]]) == len(plan)  # a duplicate within the batch
+    assert events_record_many(batch) == 0  # and the whole batch again
+
+    assert _state(one) == _state(many)
+    assert _state(many)[:3] == (S.CLICKED, 4, 2)
