@@ -45,30 +45,34 @@ def campaign_launch_view(request: HttpRequest, object_id: int) -> HttpResponse:
     return HttpResponseRedirect(reverse("admin:campaigns_campaignrun_change", args=[run.pk]))
 
 
-@require_POST
-def campaign_pause_view(request: HttpRequest, object_id: int) -> HttpResponse:
+def _campaign_control(request: HttpRequest, object_id: int, service, done: str) -> HttpResponse:
+    """Apply a pause or resume service to the campaign and say how it went."""
     _require(request)
     campaign = get_object_or_404(Campaign, pk=object_id)
     try:
-        services.campaign_pause(campaign=campaign)
+        service(campaign=campaign)
     except services.CampaignError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"{campaign} is paused: nothing more is sent until resumed.")
+        messages.success(request, done.format(campaign=campaign))
     return _back(campaign)
+
+
+@require_POST
+def campaign_pause_view(request: HttpRequest, object_id: int) -> HttpResponse:
+    return _campaign_control(
+        request,
+        object_id,
+        services.campaign_pause,
+        "{campaign} is paused: nothing more is sent until resumed.",
+    )
 
 
 @require_POST
 def campaign_resume_view(request: HttpRequest, object_id: int) -> HttpResponse:
-    _require(request)
-    campaign = get_object_or_404(Campaign, pk=object_id)
-    try:
-        services.campaign_resume(campaign=campaign)
-    except services.CampaignError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"{campaign} resumes where it stopped.")
-    return _back(campaign)
+    return _campaign_control(
+        request, object_id, services.campaign_resume, "{campaign} resumes where it stopped."
+    )
 
 
 @require_POST
