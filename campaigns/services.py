@@ -20,7 +20,7 @@ from django.utils import timezone
 from campaigns import selectors
 from campaigns.mail import RenderError, TemplateCache, compose
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
-from campaigns.smtp import AccountError, Reply, SmtpSession
+from campaigns.smtp import AccountError, EspSession, Reply, SmtpSession, session_for
 from contacts.models import Contact
 from contacts.services import active_suppressions
 from tracking.classification import classify_rejection
@@ -364,7 +364,7 @@ def account_send(
             capacity = min(capacity, max_messages - report.claimed)
         if capacity <= 0:
             break
-        session = SmtpSession(account)
+        session = session_for(account)
         try:
             # Connect before claiming: when our relay is down nothing is claimed at all.
             session.open()
@@ -427,7 +427,7 @@ def messages_claim(
 
 
 def _send_batch(
-    account: SendingAccount, session: SmtpSession, batch: list[Message]
+    account: SendingAccount, session: SmtpSession | EspSession, batch: list[Message]
 ) -> DispatchReport:
     report = DispatchReport()
     cache = TemplateCache()
@@ -570,6 +570,8 @@ def message_record_reply(*, message: Message, account: SendingAccount, reply: Re
         "smtp_status": reply.status,
         "smtp_response": reply.text[:1000],
     }
+    if reply.esp_message_id:
+        smtp_fields["esp_message_id"] = reply.esp_message_id
     with transaction.atomic():
         if reply.accepted:
             if account.confirms_delivery:
@@ -733,7 +735,13 @@ def runs_refresh(*, now: datetime | None = None, sending: set[int] | None = None
     now = now or timezone.now()
     messages = Message.objects.filter(run=OuterRef("pk"))
     runs = CampaignRun.objects.filter(status__in=SENDING_RUNS).annotate(
-        due=Exists(messages.filter(status__in=Message.DUE_STATUSES)),
+        # A soft bounce without a next attempt is retried by the ESP, not by us: it does not
+        # hold the run open (the ESP's final word arrives by webhook).
+        due=Exists(
+            messages.filter(
+                Q(status=S.QUEUED) | Q(status=S.SOFT_BOUNCED, next_attempt_at__isnull=False)
+            )
+        ),
         due_now=Exists(messages.filter(status__in=Message.DUE_STATUSES, next_attempt_at__lte=now)),
         in_flight=Exists(
             messages.filter(status=S.SENDING, claimed_at__gte=selectors.in_doubt_cutoff(now))
@@ -815,7 +823,7 @@ def step_send_test(
         cache=TemplateCache(),
         subject_prefix="[Test] ",
     )
-    with SmtpSession(account) as session:
+    with session_for(account) as session:
         return session.send(account.from_email, to, email.data)
 
 

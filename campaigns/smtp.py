@@ -25,6 +25,7 @@ class Reply:
     status: str  # enhanced status code, e.g. "5.1.1"
     text: str
     stage: str  # "data" for an accepted message; "rcpt", "data", "mail" or "connection"
+    esp_message_id: str = ""  # the ESP's id, when sent through an ESP's API
 
     @property
     def accepted(self) -> bool:
@@ -146,3 +147,39 @@ def _text(exc: BaseException) -> str:
     if isinstance(exc, smtplib.SMTPResponseException):
         return f"{exc.smtp_code} {_decode(exc.smtp_error)}"
     return str(exc) or exc.__class__.__name__
+
+
+class EspSession:
+    """The same interface as SmtpSession for an account that sends through an anymail backend
+    (`SendingAccount.esp`): there is no connection to hold, and each send is one API call."""
+
+    def __init__(self, account: SendingAccount) -> None:
+        self.account = account
+
+    def __enter__(self) -> EspSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if not self.account.esp:
+            raise AccountError(f"{self.account.name} has no ESP configured")
+
+    def close(self) -> None:
+        pass
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
+        from tracking.esp import esp_send  # tracking.esp builds on this module
+
+        accepted, esp_message_id, detail = esp_send(
+            account=self.account, data=data, envelope_from=envelope_from, recipient=recipient
+        )
+        if accepted:
+            return Reply(250, "", detail, "data", esp_message_id=esp_message_id)
+        # Refused by the ESP for this recipient: its own words decide hard or soft.
+        return Reply(None if not detail else 550, "", detail, "rcpt")
+
+
+def session_for(account: SendingAccount) -> SmtpSession | EspSession:
+    return EspSession(account) if account.esp else SmtpSession(account)

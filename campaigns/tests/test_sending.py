@@ -246,3 +246,23 @@ def test_a_template_error_fails_the_message_and_not_the_contact(make_campaign, a
     assert "template error" in message.smtp_response
     contact.refresh_from_db()
     assert contact.email_status == Contact.EmailStatus.VALID
+
+
+def test_an_account_with_an_esp_sends_through_anymail_and_keeps_the_esp_message_id(
+    make_campaign, add_contacts, account, settings
+):
+    from django.core import mail
+
+    account.esp = "test"  # anymail's test backend: records what it would send
+    account.save()
+    add_contacts("ada@example.test", first_name="Ada")
+
+    run = launch_and_send(make_campaign())
+
+    message = message_for("ada@example.test")
+    assert message.status == S.SENT
+    assert message.esp_message_id
+    [sent] = mail.outbox
+    assert sent.to[0].endswith("<ada@example.test>")
+    assert sent.extra_headers["Message-ID"] == message.message_id
+    assert run.status == CampaignRun.Status.COMPLETED
