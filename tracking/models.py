@@ -123,3 +123,47 @@ class Rejection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.get_category_display()}"
+
+
+class BounceMailbox(models.Model):
+    """The IMAP or POP3 mailbox a sending account's bounces (its return path) arrive in, polled
+    every few minutes by `tracking.tasks.bounces_poll`."""
+
+    class Protocol(models.TextChoices):
+        IMAP = "imap", "IMAP"
+        POP3 = "pop3", "POP3"
+
+    DEFAULT_PORTS = {(Protocol.IMAP, True): 993, (Protocol.IMAP, False): 143,
+                     (Protocol.POP3, True): 995, (Protocol.POP3, False): 110}  # fmt: skip
+
+    account = models.OneToOneField(
+        "campaigns.SendingAccount", on_delete=models.CASCADE, related_name="bounce_mailbox"
+    )
+    protocol = models.CharField(max_length=4, choices=Protocol.choices, default=Protocol.IMAP)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: 993 for IMAP, 995 for POP3 (143/110 without SSL)."
+    )
+    username = models.CharField(max_length=255)
+    # Never rendered back by the admin.
+    password = models.CharField(max_length=255, blank=True)
+    use_ssl = models.BooleanField("use SSL/TLS", default=True)
+    folder = models.CharField(max_length=255, default="INBOX", help_text="IMAP only.")
+    delete_after = models.BooleanField(
+        default=False,
+        help_text="Delete each message once recorded. Otherwise IMAP marks it seen and skips it "
+        "next time; POP3 reads it again each poll (recording nothing new).",
+    )
+    is_active = models.BooleanField(default=True)
+    last_polled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+
+    class Meta:
+        ordering = ["account__name"]
+
+    def __str__(self) -> str:
+        return f"{self.get_protocol_display()} {self.username}@{self.host}"
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or self.DEFAULT_PORTS[(self.protocol, self.use_ssl)]
