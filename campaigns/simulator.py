@@ -161,8 +161,10 @@ class SimulatedInternet:
             diagnostic=f"smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown",
             original_headers=headers,
         )
-        self.bounce_maildir.mkdir(parents=True, exist_ok=True)
-        box = mailbox.Maildir(self.bounce_maildir, create=True)
+        # Maildir(create=True) makes new/, cur/ and tmp/ only when the folder is missing.
+        for sub in ("new", "cur", "tmp"):
+            (self.bounce_maildir / sub).mkdir(parents=True, exist_ok=True)
+        box = mailbox.Maildir(self.bounce_maildir, create=False)
         box.add(dsn.as_bytes())
 
     def received_by(self, address: str) -> list[Delivery]:

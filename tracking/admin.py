@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.text import Truncator
 
-from tracking.models import Rejection, TrackingEvent
+from tracking.models import BounceMailbox, Rejection, TrackingEvent
 
 
 class HistoryAdmin(admin.ModelAdmin):
@@ -120,3 +121,36 @@ class RejectionAdmin(HistoryAdmin):
     @admin.display(description="diagnostic")
     def diagnostic_text(self, obj: Rejection) -> str:
         return Truncator(obj.diagnostic).chars(80)
+
+
+class BounceMailboxForm(forms.ModelForm):
+    """The mailbox password is write-only: never rendered back; blank keeps the stored one."""
+
+    password = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Leave blank to keep the stored password.",
+    )
+
+    class Meta:
+        model = BounceMailbox
+        fields = [
+            "account", "protocol", "host", "port", "username", "password", "use_ssl", "folder",
+            "delete_after", "is_active",
+        ]  # fmt: skip
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data.get("password", "")
+        if not password and self.instance.pk:
+            return self.instance.password
+        return password
+
+
+@admin.register(BounceMailbox)
+class BounceMailboxAdmin(admin.ModelAdmin):
+    form = BounceMailboxForm
+    list_display = ["account", "protocol", "host", "username", "is_active", "last_polled_at"]
+    list_filter = ["protocol", "is_active"]
+    list_select_related = ["account"]
+    autocomplete_fields = ["account"]
+    readonly_fields = ["last_polled_at", "last_error"]

@@ -327,11 +327,16 @@ class _Bounce:
 
     def event(self, type_: str, source: str, recipient: str = "", **kwargs) -> InboundEvent:
         recipient = _clean(recipient, 254)
+        key = dedupe_key(source, self.key_id, recipient.lower())
+        if type_ == E.AUTOREPLY and self.own_id:
+            # The key tracking.webhooks.reply_event gives the same auto-reply read from an
+            # account's inbox, so it is recorded once whichever mailbox it reached.
+            key = dedupe_key(Source.REPLY, self.own_id)
         return InboundEvent(
             type=type_,
             source=source,
             occurred_at=self.occurred_at(),
-            dedupe_key=dedupe_key(source, self.key_id, recipient.lower()),
+            dedupe_key=key,
             recipient=recipient,
             raw=self.raw_text,
             **kwargs,

@@ -149,3 +149,18 @@ def test_a_message_page_shows_its_events(superuser_client):
     response = superuser_client.get(reverse("admin:campaigns_message_change", args=[message.pk]))
 
     assert "421 try again later" in response.text
+
+
+def test_the_bounce_mailbox_password_is_never_shown_back(superuser_client):
+    from leadcenter.factories import SendingAccountFactory
+    from tracking.models import BounceMailbox
+
+    box = BounceMailbox.objects.create(
+        account=SendingAccountFactory(), protocol="pop3", host="pop.example.test",
+        username="bounces", password="pop-s3cret-pw",
+    )
+
+    page = superuser_client.get(f"/admin/tracking/bouncemailbox/{box.pk}/change/")
+
+    assert page.status_code == 200
+    assert b"pop-s3cret-pw" not in page.content

@@ -474,6 +474,21 @@ def test_an_autoreply_is_recorded_but_is_not_a_reply(send, bounce_for):
 
 
 @pytest.mark.django_db
+def test_an_autoreply_read_from_the_inbox_too_is_recorded_once(send, bounce_for):
+    from tracking.services import event_record
+    from tracking.webhooks import reply_parse
+
+    [message] = send(ADA)
+    raw = bounce_for("autoreply_outlook.eml", message)
+    record(raw)
+
+    result = event_record(reply_parse(raw))
+
+    assert result.duplicate
+    assert TrackingEvent.objects.filter(type=E.AUTOREPLY).count() == 1
+
+
+@pytest.mark.django_db
 def test_mail_that_is_not_a_bounce_is_kept_unmatched_for_a_person(send, bounce_for):
     [message] = send(ADA)
 
