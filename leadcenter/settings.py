@@ -192,6 +192,23 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ANYMAIL = {
     "WEBHOOK_SECRET": env_str("ANYMAIL_WEBHOOK_SECRET", ""),
 }
+# Each ESP's API key and webhook signing key, by anymail's own setting names, when set.
+for _name in (
+    "BREVO_API_KEY",
+    "MAILGUN_API_KEY",
+    "MAILGUN_WEBHOOK_SIGNING_KEY",
+    "MAILJET_API_KEY",
+    "MAILJET_SECRET_KEY",
+    "POSTAL_API_KEY",
+    "POSTAL_WEBHOOK_KEY",
+    "POSTMARK_SERVER_TOKEN",
+    "RESEND_API_KEY",
+    "RESEND_SIGNING_SECRET",
+    "SENDGRID_API_KEY",
+    "SPARKPOST_API_KEY",
+):
+    if env_str(_name):
+        ANYMAIL[_name] = env_str(_name)
 # Apply ESP webhook events in the request instead of a django-q2 task (tests, small installs).
 LEADCENTER_WEBHOOKS_SYNC = env_bool("LEADCENTER_WEBHOOKS_SYNC", False)
 
