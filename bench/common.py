@@ -1,9 +1,11 @@
 """Shared plumbing for the benchmarks: the database, Django set-up, results and tables.
 
-Every benchmark runs against PostgreSQL at `DATABASE_URL` (default
-postgres://postgres@127.0.0.1:5432/leadcenter_bench), creates that database when missing,
-migrates it and empties LeadCenter's tables before it fills them. Django runs with DEBUG off (no
-query log kept in memory), as workers do in production.
+Every benchmark runs against PostgreSQL on the server of `DATABASE_URL` (default
+postgres://postgres@127.0.0.1:5432/leadcenter_bench) in a database of its own, named after it
+(`setup_django("send")` uses leadcenter_bench_send), so two benchmarks never empty each other's
+tables; it creates that database when missing, migrates it and empties LeadCenter's tables
+before it fills them. Django runs with DEBUG off (no query log kept in memory), as workers do in
+production.
 """
 
 from __future__ import annotations
@@ -49,10 +51,39 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup_django() -> None:
-    """Point Django at the benchmark database (created and migrated if needed)."""
+_BASE_URL: list[str] = []
+
+
+def database_url(suffix: str | None) -> str:
+    """DATABASE_URL as given, or with `_<suffix>` added to its database name."""
+    if not _BASE_URL:
+        _BASE_URL.append(bench_environ()["DATABASE_URL"])
+    parts = urlsplit(_BASE_URL[0])
+    if not suffix:
+        return _BASE_URL[0]
+    return urlunsplit(parts._replace(path=f"/{parts.path.lstrip('/')}_{suffix}"))
+
+
+def use_database(suffix: str | None) -> None:
+    """Switch this process (and the helper processes it starts later, through DATABASE_URL)
+    to the benchmark's own database, creating it when missing."""
+    url = database_url(suffix)
+    ensure_database(url)
+    os.environ["DATABASE_URL"] = url
+    from django.apps import apps
+
+    if apps.ready:
+        from django.db import connection
+
+        connection.close()
+        connection.settings_dict["NAME"] = urlsplit(url).path.lstrip("/")
+
+
+def setup_django(database: str | None = None) -> None:
+    """Point Django at the benchmark database `<DATABASE_URL's name>_<database>` (created if
+    needed; `migrate()` migrates it)."""
     bench_environ()
-    ensure_database(os.environ["DATABASE_URL"])
+    use_database(database)
     import django
 
     django.setup()
@@ -204,3 +235,65 @@ def machine_busy_seconds() -> float:
     # irq and softirq (guest time is already in user).
     user, nice, system, _idle, _iowait, irq, softirq = (values + [0] * 7)[:7]
     return (user + nice + system + irq + softirq) / _TICKS
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """pid -> (command line, CPU seconds so far) for every process we may read."""
+    snapshot: dict[int, tuple[str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        snapshot[pid] = (cmdline, process_cpu_seconds(pid))
+    return snapshot
+
+
+def cpu_by_group(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    *,
+    database: str,
+    ours: set[int],
+) -> dict[str, float]:
+    """CPU used between two snapshots by PostgreSQL's processes serving our database or no
+    database (WAL writer, checkpointer, autovacuum), and by everything else on the machine
+    (other people's tests, other databases' sessions), leaving out the pids in `ours`."""
+    groups = {"postgres": 0.0, "foreign": 0.0}
+    for pid, (cmdline, cpu) in after.items():
+        if pid in ours or pid == os.getpid():
+            continue
+        used = cpu - before.get(pid, (cmdline, 0.0))[1]
+        if used <= 0:
+            continue
+        session = "(" in cmdline  # "postgres: user db 127.0.0.1(port) idle"
+        if cmdline.startswith("postgres") and (database in cmdline or not session):
+            groups["postgres"] += used
+        else:
+            groups["foreign"] += used
+    return groups
+
+
+@contextmanager
+def foreign_load(database: str) -> Iterator[dict[str, float]]:
+    """Measures the share of the machine's CPU that went to anything but this process and
+    PostgreSQL's work for `database` (sessions on it, WAL writer, checkpointer) while the block
+    ran: other people's processes on a shared machine make timings noisy."""
+    load: dict[str, float] = {"share": 0.0}
+    before = cpu_snapshot()
+    busy = machine_busy_seconds()
+    start = time.perf_counter()
+    try:
+        yield load
+    finally:
+        wall = time.perf_counter() - start
+        busy = machine_busy_seconds() - busy
+        after = cpu_snapshot()
+        own = after.get(os.getpid(), ("", 0.0))[1] - before.get(os.getpid(), ("", 0.0))[1]
+        postgres = cpu_by_group(before, after, database=database, ours=set())["postgres"]
+        cores = os.cpu_count() or 1
+        load["share"] = max(0.0, busy - own - postgres) / max(1e-9, wall * cores)

@@ -91,7 +91,7 @@ async def _load(port: int, paths: list[str], seconds: float) -> int:
 
 def main(*, quick: bool = False) -> list[Result]:
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/8")
-    setup_django()
+    setup_django("pixel")
     migrate()
     from campaigns.models import Message
     from tracking import tokens

@@ -231,6 +231,7 @@ def _run_senders(
             if not line:
                 raise SystemExit(f"a sender exited before it was ready: {commands}")
         sink_cpu = common.process_cpu_seconds(sink_pid)
+        snapshot = common.cpu_snapshot()
         busy = common.machine_busy_seconds()
         for process in processes:
             assert process.stdin is not None
@@ -242,9 +243,14 @@ def _run_senders(
             if process.returncode:
                 raise SystemExit(f"a sender failed with exit code {process.returncode}")
             results.append(json.loads(out.strip().splitlines()[-1]))
+        busy = common.machine_busy_seconds() - busy
+        ours = {sink_pid, *(p.pid for p in processes), *(r.get("backend_pid", 0) for r in results)}
         cpu = {
             "sink": common.process_cpu_seconds(sink_pid) - sink_cpu,
-            "machine": common.machine_busy_seconds() - busy,
+            "machine": busy,
+            **common.cpu_by_group(
+                snapshot, common.cpu_snapshot(), database=_database_name(), ours=ours
+            ),
         }
         return results, cpu
     finally:
@@ -254,6 +260,12 @@ def _run_senders(
                 process.wait()
 
 
+def _database_name() -> str:
+    from django.db import connection
+
+    return str(connection.settings_dict["NAME"])
+
+
 def _elapsed(results: list[dict[str, Any]]) -> float:
     return max(r["end"] for r in results) - min(r["start"] for r in results)
 
@@ -261,7 +273,7 @@ def _elapsed(results: list[dict[str, Any]]) -> float:
 def run(
     *, quick: bool = False, messages: int | None = None, profile: str | None = None
 ) -> list[Result]:
-    common.setup_django()
+    common.setup_django("send")
     common.migrate()
     from django.db import connection
 
@@ -404,8 +416,7 @@ def _cpu_budget(raw: dict[str, float], n_raw: int, pipe: dict[str, float], n_pip
         return 1000.0 * side.get(key, 0.0) / max(1, n)
 
     def other(side: dict[str, float], n: int) -> float:
-        known = side.get("senders", 0.0) + side.get("backends", 0.0) + side.get("sink", 0.0)
-        return 1000.0 * (side["machine"] - known) / max(1, n)
+        return 1000.0 * _foreign(side) / max(1, n)
 
     say(f"CPU per message by process (ms of CPU; {cores} cores):")
     say(
@@ -416,7 +427,10 @@ def _cpu_budget(raw: dict[str, float], n_raw: int, pipe: dict[str, float], n_pip
                  per(pipe, "senders", n_pipe)],
                 ["PostgreSQL backends of the workers", 0.0, per(pipe, "backends", n_pipe)],
                 ["SMTP sink", per(raw, "sink", n_raw), per(pipe, "sink", n_pipe)],
-                ["everything else (WAL writer, OS, ...)", other(raw, n_raw),
+                ["PostgreSQL background (WAL writer, ...)", per(raw, "postgres", n_raw),
+                 per(pipe, "postgres", n_pipe)],
+                ["= this benchmark", 1000.0 * _ours(raw) / n_raw, 1000.0 * _ours(pipe) / n_pipe],
+                ["everything else: other processes, kernel", other(raw, n_raw),
                  other(pipe, n_pipe)],
                 ["machine busy", per(raw, "machine", n_raw), per(pipe, "machine", n_pipe)],
                 ["machine utilisation %",
@@ -425,6 +439,23 @@ def _cpu_budget(raw: dict[str, float], n_raw: int, pipe: dict[str, float], n_pip
             ],
         )
     )
+    for label, side in (("raw", raw), ("pipeline", pipe)):
+        share = _foreign(side) / max(1e-9, side["seconds"] * cores)
+        if share > 0.10:
+            say(f"NOTE: during the {label} phase {100 * share:.0f}% of the machine's CPU went "
+                "to processes outside this benchmark (or the kernel): the machine was shared, "
+                "its figures are noisy.")
+    estimate = _ours(raw) / n_raw / (_ours(pipe) / n_pipe)
+    say(f"CPU-bound estimate of the ratio (this benchmark's own CPU per message, raw/pipeline): "
+        f"{estimate:.3f}")
+
+
+def _ours(side: dict[str, float]) -> float:
+    return sum(side.get(k, 0.0) for k in ("senders", "backends", "sink", "postgres"))
+
+
+def _foreign(side: dict[str, float]) -> float:
+    return max(0.0, side["machine"] - _ours(side))
 
 
 def main(argv: list[str] | None = None) -> None:

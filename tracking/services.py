@@ -143,7 +143,9 @@ def message_transition(
     if dedupe_key and TrackingEvent.objects.filter(dedupe_key=dedupe_key).exists():
         return TransitionResult(event=None, changed=False, duplicate=True)
     try:
-        with transaction.atomic():
+        # A savepoint only when a duplicate can race us (a dedupe key from outside); our own
+        # events have fresh keys and cost no savepoint inside the caller's transaction.
+        with transaction.atomic(savepoint=bool(dedupe_key)):
             return _apply(
                 message_id=message_id,
                 event_type=event_type,

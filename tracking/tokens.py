@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
 
@@ -32,10 +33,12 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@lru_cache(maxsize=64)
 def _round_key(secret: str, n: int) -> bytes:
     return hashlib.sha256(f"leadcenter.token.feistel.{n}.{secret}".encode()).digest()
 
 
+@lru_cache(maxsize=4096)  # the six tokens of one email share the same permuted id
 def _permute(value: int, secret: str, *, inverse: bool = False) -> int:
     """A 4-round Feistel network over 64 bits: a keyed bijection of message ids."""
     left, right = value >> 32, value & 0xFFFFFFFF
