@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -8,12 +8,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, Exists, OuterRef, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from campaigns import admin_views
+from campaigns import admin_views, report_views, reports
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
 from campaigns.selectors import messages_in_doubt, run_progress
 from tracking.models import Rejection, TrackingEvent
@@ -136,6 +137,11 @@ class SendingAccountAdmin(admin.ModelAdmin):
         "active_hours",
         "is_active",
         "last_error_at",
+        "sent_total",
+        "sent_30_days",
+        "success_rate",
+        "quota_today",
+        "last_error_short",
     ]
     list_filter = ["is_active", "smtp_security", "confirms_delivery"]
     search_fields = ["name", "from_email", "smtp_host", "smtp_username"]
@@ -179,6 +185,45 @@ class SendingAccountAdmin(admin.ModelAdmin):
     def active_hours(self, obj: SendingAccount) -> str:
         return active_hours_display(obj)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SendingAccount]:
+        # One grouped query for the whole page (reports.accounts_with_stats), never per row.
+        return reports.accounts_with_stats(super().get_queryset(request))
+
+    @admin.display(description="sent", ordering="_sent_total")
+    def sent_total(self, obj: SendingAccount) -> int | None:
+        return getattr(obj, "_sent_total", None)
+
+    @admin.display(description="last 30 d", ordering="_sent_30_days")
+    def sent_30_days(self, obj: SendingAccount) -> int | None:
+        return getattr(obj, "_sent_30_days", None)
+
+    @admin.display(description="success", ordering="_success_rate")
+    def success_rate(self, obj: SendingAccount) -> str:
+        rate = getattr(obj, "_success_rate", None)
+        if rate is None:
+            return "-"
+        band = reports.success_band(rate)
+        return format_html(
+            '<span class="lc-band lc-band-{}" title="{} of {} attempted emails got through '
+            '(sent, delivered or engaged)">{}% {}</span>',
+            band,
+            obj._succeeded,
+            obj._attempted,
+            f"{rate:.1f}",
+            band,
+        )
+
+    @admin.display(description="today / limit")
+    def quota_today(self, obj: SendingAccount) -> str:
+        used = getattr(obj, "_used_today", None)
+        if used is None:
+            return "-"
+        return f"{used} / {obj.daily_limit}"
+
+    @admin.display(description="last error")
+    def last_error_short(self, obj: SendingAccount) -> str:
+        return Truncator(obj.last_error).chars(60) if obj.last_error else ""
+
 
 class CampaignStepInline(admin.StackedInline):
     model = CampaignStep
@@ -201,8 +246,10 @@ class CampaignAdmin(admin.ModelAdmin):
         "track_opens",
         "track_clicks",
         "created",
+        "summary_link",
     ]
     list_filter = ["state", "owner", "topic"]
+    actions = ["compare_selected"]
     search_fields = ["name"]
     list_select_related = ["owner", "topic"]
     autocomplete_fields = ["owner", "topic", "lists", "accounts"]
@@ -227,6 +274,14 @@ class CampaignAdmin(admin.ModelAdmin):
                  name="campaigns_campaign_preview"),
             path("<int:object_id>/test-email/", wrap(admin_views.campaign_test_email_view),
                  name="campaigns_campaign_test_email"),
+            path("<int:object_id>/summary/",
+                 wrap(partial(report_views.campaign_summary_view, model_admin=self)),
+                 name="campaigns_campaign_summary"),
+            path("<int:object_id>/summary/export/",
+                 wrap(partial(report_views.campaign_summary_export_view, model_admin=self)),
+                 name="campaigns_campaign_summary_export"),
+            path("compare/", wrap(partial(report_views.campaign_compare_view, model_admin=self)),
+                 name="campaigns_campaign_compare"),
             *super().get_urls(),
         ]  # fmt: skip
 
@@ -240,6 +295,21 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="steps", ordering="_step_count")
     def step_count(self, obj: Campaign) -> int:
         return obj._step_count
+
+    def has_report_permission(self, request: HttpRequest) -> bool:
+        return report_views.can_view_reports(request)
+
+    @admin.display(description="reports")
+    def summary_link(self, obj: Campaign) -> str:
+        return format_html(
+            '<a href="{}">Summary</a>', reverse("admin:campaigns_campaign_summary", args=[obj.pk])
+        )
+
+    @admin.action(description="Compare selected campaigns", permissions=["report"])
+    def compare_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]):
+        # Only a redirect: the comparison is a GET page with no side effect.
+        ids = ",".join(str(pk) for pk in queryset.order_by("pk").values_list("pk", flat=True))
+        return HttpResponseRedirect(f"{reverse('admin:campaigns_campaign_compare')}?ids={ids}")
 
 
 @admin.register(CampaignStep)
@@ -262,6 +332,7 @@ class CampaignRunAdmin(InspectOnlyAdmin):
         "started_by",
         "total_recipients",
         "total_filtered",
+        "details_link",
     ]
     list_filter = ["status", "campaign"]
     search_fields = ["campaign__name"]
@@ -307,8 +378,20 @@ class CampaignRunAdmin(InspectOnlyAdmin):
                 self.admin_site.admin_view(admin_views.run_terminate_view),
                 name="campaigns_campaignrun_terminate",
             ),
+            path(
+                "<int:object_id>/details/",
+                self.admin_site.admin_view(
+                    partial(report_views.run_details_view, model_admin=self)
+                ),
+                name="campaigns_campaignrun_details",
+            ),
             *super().get_urls(),
         ]
+
+    @admin.display(description="details")
+    def details_link(self, obj: CampaignRun) -> str:
+        url = reverse("admin:campaigns_campaignrun_details", args=[obj.pk])
+        return format_html('<a href="{}">Details</a>', url)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {
@@ -316,6 +399,79 @@ class CampaignRunAdmin(InspectOnlyAdmin):
             "can_control": request.user.has_perm("campaigns.launch_campaign"),
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+class RecipientResultFilter(admin.SimpleListFilter):
+    """What became of the recipient: the report figures' first-seen conditions
+    (campaigns.reports.FIGURES), so a figure's link lists exactly the recipients it counts."""
+
+    title = "result"
+    parameter_name = "result"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        labels = {
+            "attempted": "Sent (accepted or refused)",
+            "clicked": "Clicked",
+            "complained": "Marked as spam",
+        }
+        return [(value, labels.get(f.key, f.label)) for value, f in reports.RESULT_FILTER.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> QuerySet:
+        figure = reports.RESULT_FILTER.get(self.value() or "")
+        return queryset.filter(figure.q) if figure else queryset
+
+
+class RecipientRejectionFilter(admin.SimpleListFilter):
+    """Recipients whose emails got a rejection of a kind or category (Recipient.rejections)."""
+
+    title = "rejection"
+    parameter_name = "rejection"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        labels = {"any": "Any", "hard": "Hard (any)", "soft": "Soft (any)"}
+        return [
+            (value, labels.get(value, figure.label))
+            for value, figure in reports.REJECTION_FILTER.items()
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> QuerySet:
+        figure = reports.REJECTION_FILTER.get(self.value() or "")
+        return queryset.filter(figure.q) if figure else queryset
+
+
+class RecipientEmailNowFilter(admin.SimpleListFilter):
+    title = "email now"
+    parameter_name = "email_now"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return list(reports.EMAIL_NOW_FILTER.items())
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> QuerySet:
+        if self.value() in reports.EMAIL_NOW_FILTER:
+            return queryset.filter(reports.recipients_with_email_q(self.value()))
+        return queryset
+
+
+class RecipientSentDateFilter(admin.SimpleListFilter):
+    """Recipients with an email that went out between two days: `?sent_date=FROM..TO` (either
+    side may be empty), as the campaign summary's date range links here."""
+
+    title = "sent date"
+    parameter_name = "sent_date"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        today = timezone.localdate()
+        choices = [
+            (today, today, "Today"),
+            (today - timedelta(days=6), today, "Past 7 days"),
+            (today.replace(day=1), today, "This month"),
+            (today.replace(month=1, day=1), today, "This year"),
+        ]
+        return [(reports.day_range_param(start, end), label) for start, end, label in choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> QuerySet:
+        days = reports.parse_day_range(self.value() or "")
+        return queryset.filter(reports.sent_between_q(*days)) if days else queryset
 
 
 @admin.register(Recipient)
@@ -329,7 +485,17 @@ class RecipientAdmin(InspectOnlyAdmin):
         "filter_reason",
         "last_action_at",
     ]
-    list_filter = ["status", "filter_reason", "run__campaign", "account"]
+    list_filter = [
+        "status",
+        "filter_reason",
+        "run__campaign",
+        "account",
+        "contact__owner",
+        RecipientResultFilter,
+        RecipientRejectionFilter,
+        RecipientEmailNowFilter,
+        RecipientSentDateFilter,
+    ]
     search_fields = ["email", "contact__first_name", "contact__last_name"]
     list_select_related = ["contact", "run__campaign", "account"]
     # Big table: a COUNT of all of it on every filtered page view is not worth its cost.
@@ -375,6 +541,18 @@ class RecipientAdmin(InspectOnlyAdmin):
             },
         ),
     ]
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "export/",
+                self.admin_site.admin_view(
+                    partial(report_views.changelist_export_view, model_admin=self)
+                ),
+                name="campaigns_recipient_export",
+            ),
+            *super().get_urls(),
+        ]
 
 
 class RejectionCategoryFilter(admin.SimpleListFilter):
@@ -525,3 +703,18 @@ class MessageAdmin(InspectOnlyAdmin):
     @admin.display(description="SMTP reply")
     def smtp_reply(self, obj: Message) -> str:
         return Truncator(obj.smtp_response).chars(60)
+
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("export/", wrap(partial(report_views.changelist_export_view, model_admin=self)),
+                 name="campaigns_message_export"),
+            # Export jobs of either list (Sent emails, Recipients) live here.
+            path("exports/<int:job_id>/",
+                 wrap(partial(report_views.export_job_view, model_admin=self)),
+                 name="campaigns_exportjob_status"),
+            path("exports/<int:job_id>/download/",
+                 wrap(partial(report_views.export_job_download_view, model_admin=self)),
+                 name="campaigns_exportjob_download"),
+            *super().get_urls(),
+        ]  # fmt: skip

@@ -237,6 +237,10 @@ class Recipient(models.Model):
     bounced_at = models.DateTimeField(null=True, blank=True)
     lead_at = models.DateTimeField(null=True, blank=True)
     opportunity_at = models.DateTimeField(null=True, blank=True)
+    # Which rejection categories its emails got, as bits (REJECTION_BITS). Kept by a database
+    # trigger on tracking_rejection (migration 0006), so "recipients rejected for spam" is a
+    # plain column test and the report counters can follow it.
+    rejections = models.SmallIntegerField(default=0, db_default=0, editable=False)
 
     class Meta:
         ordering = ["run", "id"]
@@ -348,3 +352,130 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return self.message_id
+
+
+# Rejection category -> its bit in Recipient.rejections (fixed: stored in rows and triggers).
+REJECTION_BITS: dict[str, int] = {
+    "user_not_found": 1,
+    "domain_not_found": 2,
+    "mailbox_full": 4,
+    "no_answer": 8,
+    "spam_blocked": 16,
+    "unspecified": 32,
+}
+HARD_REJECTION_MASK = 1 | 2
+SOFT_REJECTION_MASK = 4 | 8 | 16 | 32
+
+
+class RunTally(models.Model):
+    """Maintained report counters: how many recipients of a run, per record owner, are in each
+    status, were filtered for each reason, reached each first-seen stage and got each rejection
+    category. Written only by database triggers on campaigns_recipient, contacts_contact and
+    tracking_rejection (migration 0006), in the same transaction as the rows they count, so
+    report pages read a few rows instead of counting a million recipients."""
+
+    # No foreign key constraints: the triggers may write a counter while Django's deletion
+    # collector is removing the run or the owner; a trigger on the run cleans up instead.
+    run = models.ForeignKey(
+        CampaignRun, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    owner_key = models.IntegerField(help_text="The contacts' owner id; 0 when they have none.")
+    recipients = models.IntegerField(default=0)
+    filtered = models.IntegerField(default=0)
+    filtered_unsubscribed = models.IntegerField(default=0)
+    filtered_do_not_email = models.IntegerField(default=0)
+    filtered_do_not_mass_email = models.IntegerField(default=0)
+    filtered_no_email = models.IntegerField(default=0)
+    filtered_invalid_email = models.IntegerField(default=0)
+    filtered_blocked = models.IntegerField(default=0)
+    filtered_duplicate = models.IntegerField(default=0)
+    filtered_no_email_selected = models.IntegerField(default=0)
+    pending = models.IntegerField(default=0)
+    partial = models.IntegerField(default=0)
+    sent = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    attempted = models.IntegerField(default=0)
+    accepted = models.IntegerField(default=0)
+    delivered = models.IntegerField(default=0)
+    opened = models.IntegerField(default=0)
+    clicked = models.IntegerField(default=0)
+    replied = models.IntegerField(default=0)
+    unsubscribed = models.IntegerField(default=0)
+    complained = models.IntegerField(default=0)
+    bounced = models.IntegerField(default=0)
+    leads = models.IntegerField(default=0)
+    opportunities = models.IntegerField(default=0)
+    rejected = models.IntegerField(default=0)
+    rejected_hard = models.IntegerField(default=0)
+    rejected_soft = models.IntegerField(default=0)
+    rejected_user_not_found = models.IntegerField(default=0)
+    rejected_domain_not_found = models.IntegerField(default=0)
+    rejected_mailbox_full = models.IntegerField(default=0)
+    rejected_no_answer = models.IntegerField(default=0)
+    rejected_spam_blocked = models.IntegerField(default=0)
+    rejected_unspecified = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "owner_key"], name="runtally_run_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run #{self.run_id}, owner {self.owner_key or '-'}"
+
+
+class RunActivity(models.Model):
+    """Maintained counts of opens and clicks per run and hour (UTC), human or machine, for the
+    run's activity chart. Written only by a trigger on tracking_trackingevent (migration 0006)."""
+
+    run = models.ForeignKey(
+        CampaignRun, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    hour = models.DateTimeField()
+    type = models.CharField(max_length=20)  # TrackingEvent.Type: opened or clicked
+    is_machine = models.BooleanField(default=False)
+    count = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "hour", "type", "is_machine"], name="runactivity_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run #{self.run_id} {self.hour:%Y-%m-%d %H}h {self.type}: {self.count}"
+
+
+class ExportJob(models.Model):
+    """A large Excel export prepared by a worker (campaigns.exports.export_job_run): which list,
+    filtered how, for whom, how far it got, and the file once written."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Writing"
+        DONE = "done", "Ready"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=20)  # the list: "messages" or "recipients"
+    query = models.TextField(blank=True, help_text="The list's filters, as its query string.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    progress = models.PositiveIntegerField(default=0, help_text="Rows written so far.")
+    file = models.CharField(max_length=255, blank=True, help_text="Path in the default storage.")
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"Export #{self.pk} ({self.kind})"
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.progress / self.total if self.total else 0.0

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
 from django.utils import timezone
+from import_export.admin import ImportExportMixin
+from import_export.formats.base_formats import CSV, XLSX
 
+from contacts import admin_views
 from contacts.models import Contact, ContactList, Suppression, Topic
+from contacts.resources import ContactResource, XLSXWriteOnly
 
 
 @admin.register(Topic)
@@ -34,7 +40,7 @@ class ContactListAdmin(admin.ModelAdmin):
 
 
 @admin.register(Contact)
-class ContactAdmin(admin.ModelAdmin):
+class ContactAdmin(ImportExportMixin, admin.ModelAdmin):
     list_display = [
         "email",
         "first_name",
@@ -94,6 +100,38 @@ class ContactAdmin(admin.ModelAdmin):
         if not request.user.has_perm("contacts.add_contact"):
             readonly += self.RECORD_FIELDS
         return readonly
+
+    # Import and export (django-import-export; the import pages are in admin_views).
+    resource_classes = [ContactResource]
+    import_formats = [CSV, XLSX]
+    export_formats = [CSV, XLSXWriteOnly]
+    # A BOM, or Excel on Windows reads a UTF-8 CSV as Windows-1252 and garbles the names.
+    to_encoding = "utf-8-sig"
+    import_template_name = "admin/contacts/contact/import.html"
+
+    def has_import_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perms(admin_views.IMPORT_PERMISSIONS)
+
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perms(admin_views.EXPORT_PERMISSIONS)
+
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("import/<str:job_id>/",
+                 wrap(partial(admin_views.contact_import_job_view, model_admin=self)),
+                 name="contacts_contact_import_job"),
+            path("import/<str:job_id>/<str:kind>-rejects/",
+                 wrap(partial(admin_views.contact_import_rejects_view, model_admin=self)),
+                 name="contacts_contact_import_rejects"),
+            *super().get_urls(),
+        ]  # fmt: skip
+
+    def import_action(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        return admin_views.contact_import_view(request, model_admin=self)
+
+    def process_import(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        return admin_views.contact_import_confirm_view(request, model_admin=self)
 
 
 class ActiveSuppressionFilter(admin.SimpleListFilter):

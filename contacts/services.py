@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -63,3 +65,28 @@ def contact_revalidate(*, contact_id: int, reason: str) -> None:
             reason=Suppression.Reason.HARD_BOUNCE,
             lifted_at__isnull=True,
         ).update(lifted_at=now, lift_reason=reason[:255])
+
+
+def suppressions_add_bulk(
+    *, emails: Iterable[str], reason: str, source: str = "", note: str = ""
+) -> int:
+    """`suppression_add` for many addresses at once (imports): blocks each address that has
+    no active entry for `reason` yet; returns how many entries it added."""
+    addresses = sorted({e.strip().lower() for e in emails if e and e.strip()})
+    added = 0
+    for start in range(0, len(addresses), 1000):
+        batch = addresses[start : start + 1000]
+        active = set(
+            Suppression.objects.filter(
+                email__in=batch, reason=reason, lifted_at__isnull=True
+            ).values_list("email", flat=True)
+        )
+        new = [
+            Suppression(email=address, reason=reason, source=source, note=note)
+            for address in batch
+            if address not in active
+        ]
+        # ignore_conflicts: an entry added concurrently wins, as in suppression_add.
+        Suppression.objects.bulk_create(new, ignore_conflicts=True)
+        added += len(new)
+    return added

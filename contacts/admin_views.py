@@ -1,0 +1,215 @@
+"""Contact import pages of the admin: upload and preview, confirm, progress and result, and
+the rejects file.
+
+The forms are django-import-export's (ImportForm, ConfirmImportForm) and so are the templates
+they extend; the import itself goes through ContactResource.import_file, which keeps the
+file's line numbers and imports the good rows when others are bad. A file of more than
+LEADCENTER_IMPORT_BACKGROUND_ROWS data rows (default 5,000) is imported by a django-q2 worker
+while the job page shows its progress. Every view checks the import permissions on the
+server, and a job is only visible to the person who uploaded it (and superusers).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from django.conf import settings
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_GET, require_POST
+
+from contacts.imports import ImportJob, ImportReport, rejects_extension
+from contacts.tasks import contact_import_run
+
+IMPORT_PERMISSIONS = ("contacts.add_contact", "contacts.change_contact")
+# DESIGN.md: managers export, support does not; the same permission as the reports' exports.
+EXPORT_PERMISSIONS = ("contacts.view_contact", "campaigns.export_reports")
+PREVIEW_ROWS = 100
+ERRORS_SHOWN = 200
+REPORT_KINDS = ("preview", "result")
+STALLED_AFTER = timedelta(seconds=30)
+
+
+def background_rows() -> int:
+    return int(getattr(settings, "LEADCENTER_IMPORT_BACKGROUND_ROWS", 5000))
+
+
+def _require_import(request: HttpRequest, model_admin: admin.ModelAdmin) -> None:
+    if not model_admin.has_import_permission(request):
+        raise PermissionDenied
+
+
+def _job_or_404(request: HttpRequest, job_id: str) -> ImportJob:
+    job = ImportJob.load(job_id)
+    if job is None or (job.user_id != request.user.pk and not request.user.is_superuser):
+        raise Http404("No such import.")
+    return job
+
+
+def _job_url(job: ImportJob) -> str:
+    return reverse("admin:contacts_contact_import_job", args=[job.id])
+
+
+def _rejects_url(job: ImportJob, kind: str) -> str:
+    return reverse("admin:contacts_contact_import_rejects", args=[job.id, kind])
+
+
+def _report_context(report: ImportReport | None, job: ImportJob, kind: str) -> dict[str, Any]:
+    if report is None:
+        return {}
+    return {
+        "report": report,
+        "errors_shown": report.errors[:ERRORS_SHOWN],
+        "errors_hidden": max(report.error_count - ERRORS_SHOWN, 0),
+        "rejects_url": _rejects_url(job, kind) if report.error_count else "",
+    }
+
+
+def contact_import_view(request: HttpRequest, *, model_admin: admin.ModelAdmin) -> HttpResponse:
+    """Step 1: the upload form; on POST, a dry run of the whole file shown as a preview, with
+    the bad rows and the confirm button for the good ones."""
+    _require_import(request, model_admin)
+    form = model_admin.create_import_form(request)
+    context: dict[str, Any] = {}
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["import_file"]
+        job = ImportJob.create(
+            user_id=request.user.pk,
+            upload=upload,
+            file_name=upload.name,
+            create_lists=request.user.has_perm("contacts.add_contactlist"),
+        )
+        resource = model_admin.choose_import_resource_class(form, request)(
+            **model_admin.get_import_resource_kwargs(request, form=form)
+        )
+        with job.open_source() as fh:
+            report = resource.import_file(
+                fh,
+                file_name=job.file_name,
+                dry_run=True,
+                preview_rows=PREVIEW_ROWS,
+                create_lists=job.create_lists,
+            )
+        job.rows = report.rows
+        job.save()
+        job.save_report("preview", report)
+        context.update(_report_context(report, job, "preview"))
+        context["job"] = job
+        context["background"] = report.rows > background_rows()
+        if report.good_rows:
+            # Unbound: the request's POST is the upload form's, not this one's.
+            context["confirm_form"] = model_admin.get_confirm_form_class(request)(
+                initial={
+                    "import_file_name": job.id,
+                    "original_file_name": job.file_name,
+                    "format": form.cleaned_data["format"],
+                    "resource": form.cleaned_data.get("resource", ""),
+                }
+            )
+    resources = [
+        cls(**model_admin.get_import_resource_kwargs(request, form=form))
+        for cls in model_admin.get_import_resource_classes(request)
+    ]
+    context.update(
+        {
+            **model_admin.admin_site.each_context(request),
+            "title": "Import contacts",
+            "form": form,
+            "opts": model_admin.model._meta,
+            "media": model_admin.media + form.media,
+            "fields_list": [
+                (r.get_display_name(), [f.column_name for f in r.get_user_visible_fields()])
+                for r in resources
+            ],
+            "background_rows": background_rows(),
+        }
+    )
+    request.current_app = model_admin.admin_site.name
+    return TemplateResponse(request, [model_admin.import_template_name], context)
+
+
+@require_POST
+def contact_import_confirm_view(
+    request: HttpRequest, *, model_admin: admin.ModelAdmin
+) -> HttpResponse:
+    """Step 2: import the previewed file: at once when it is small, by a worker otherwise."""
+    _require_import(request, model_admin)
+    confirm_form = model_admin.create_confirm_form(request)
+    if not confirm_form.is_valid():
+        raise Http404("No such import.")
+    job = _job_or_404(request, confirm_form.cleaned_data["import_file_name"])
+    if job.status()["state"] != "preview":
+        # Confirmed already (a double click, the back button): show what became of it.
+        return HttpResponseRedirect(_job_url(job))
+    if job.rows > background_rows():
+        from django_q.tasks import async_task
+
+        job.set_status("queued")
+        transaction.on_commit(
+            lambda: async_task(
+                "contacts.tasks.contact_import_run",
+                job.id,
+                group="leadcenter",
+                task_name=f"contact import {job.id}",
+            )
+        )
+    else:
+        contact_import_run(job.id)
+    return HttpResponseRedirect(_job_url(job))
+
+
+@require_GET
+def contact_import_job_view(
+    request: HttpRequest, job_id: str, *, model_admin: admin.ModelAdmin
+) -> HttpResponse:
+    """Step 3: progress while a worker imports, then the result and its rejects file."""
+    _require_import(request, model_admin)
+    job = _job_or_404(request, job_id)
+    status = job.status()
+    since = parse_datetime(status.get("at", "")) if status.get("at") else None
+    context: dict[str, Any] = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Import of {job.file_name}",
+        "opts": model_admin.model._meta,
+        "job": job,
+        "status": status,
+        "working": status["state"] in ("queued", "running"),
+        "percent": int(100 * status["done"] / status["total"]) if status.get("total") else 0,
+        "stalled": status["state"] == "queued"
+        and since is not None
+        and timezone.now() - since > STALLED_AFTER,
+    }
+    if status["state"] == "done":
+        context.update(_report_context(job.report("result"), job, "result"))
+    request.current_app = model_admin.admin_site.name
+    return TemplateResponse(request, "admin/contacts/contact/import_job.html", context)
+
+
+@require_GET
+def contact_import_rejects_view(
+    request: HttpRequest,
+    job_id: str,
+    kind: Literal["preview", "result"],
+    *,
+    model_admin: admin.ModelAdmin,
+) -> HttpResponse:
+    """The bad rows of a preview or a result as a file to fix and import again."""
+    _require_import(request, model_admin)
+    job = _job_or_404(request, job_id)
+    if kind not in REPORT_KINDS or (report := job.report(kind)) is None or not report.errors:
+        raise Http404("No rejects file.")
+    stem = job.file_name.rsplit(".", 1)[0] or "contacts"
+    try:
+        fh = job.storage().open(job.rejects_name(kind, report), "rb")
+    except FileNotFoundError as exc:
+        raise Http404("No rejects file.") from exc
+    return FileResponse(
+        fh, as_attachment=True, filename=f"{stem}-rejects.{rejects_extension(report)}"
+    )
