@@ -186,8 +186,13 @@ class SendingAccountAdmin(admin.ModelAdmin):
         return active_hours_display(obj)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SendingAccount]:
-        # One grouped query for the whole page (reports.accounts_with_stats), never per row.
-        return reports.accounts_with_stats(super().get_queryset(request))
+        queryset = super().get_queryset(request)
+        match = getattr(request, "resolver_match", None)
+        if match and match.url_name == "campaigns_sendingaccount_changelist":
+            # One grouped query for the whole list (reports.accounts_with_stats), never per
+            # row; the change form and autocomplete do without.
+            return reports.accounts_with_stats(queryset)
+        return queryset
 
     @admin.display(description="sent", ordering="_sent_total")
     def sent_total(self, obj: SendingAccount) -> int | None:

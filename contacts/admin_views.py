@@ -34,7 +34,10 @@ EXPORT_PERMISSIONS = ("contacts.view_contact", "campaigns.export_reports")
 PREVIEW_ROWS = 100
 ERRORS_SHOWN = 200
 REPORT_KINDS = ("preview", "result")
-STALLED_AFTER = timedelta(seconds=30)
+# No worker took the job, or the worker stopped reporting progress (it writes every half
+# second while it works): the page says so instead of refreshing for ever.
+QUEUED_TOO_LONG = timedelta(seconds=30)
+SILENT_TOO_LONG = timedelta(minutes=2)
 
 
 def background_rows() -> int:
@@ -182,9 +185,11 @@ def contact_import_job_view(
         "status": status,
         "working": status["state"] in ("queued", "running"),
         "percent": int(100 * status["done"] / status["total"]) if status.get("total") else 0,
-        "stalled": status["state"] == "queued"
-        and since is not None
-        and timezone.now() - since > STALLED_AFTER,
+        "stalled": since is not None
+        and (
+            (status["state"] == "queued" and timezone.now() - since > QUEUED_TOO_LONG)
+            or (status["state"] == "running" and timezone.now() - since > SILENT_TOO_LONG)
+        ),
     }
     if status["state"] == "done":
         context.update(_report_context(job.report("result"), job, "result"))

@@ -4,6 +4,7 @@ POSTs through the test client, as a browser sends them."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import openpyxl
@@ -231,18 +232,22 @@ def test_the_task_is_idempotent(superuser_client):
     assert contact_import_run("0" * 32) == {"job": "0" * 32, "state": "missing"}
 
 
-def test_a_stalled_queue_is_pointed_out(superuser_client, settings):
-    settings.LEADCENTER_IMPORT_BACKGROUND_ROWS = 0
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [("queued", "is the task cluster"), ("running", "has not reported progress for minutes")],
+)
+def test_a_job_nobody_works_on_is_pointed_out(superuser_client, state, message):
     preview = upload(superuser_client, "email\nq@example.com\n")
     job = ImportJob.load(preview.context["job"].id)
-    job.set_status("queued")
+    job.set_status(state)
+    url = reverse("admin:contacts_contact_import_job", args=[job.id])
+    assert message not in superuser_client.get(url).text
+
     status = job.status()
     status["at"] = "2020-01-01T00:00:00+00:00"
-    job._write("status.json", __import__("json").dumps(status))
+    job._write("status.json", json.dumps(status))
 
-    page = superuser_client.get(reverse("admin:contacts_contact_import_job", args=[job.id]))
-
-    assert "is the task cluster" in page.text
+    assert message in superuser_client.get(url).text
 
 
 @pytest.mark.parametrize("who", ["support_client", "staff_client", "manager_client"])
