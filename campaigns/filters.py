@@ -34,13 +34,14 @@ class OwnerFilter(django_filters.ModelChoiceFilter):
 
 class CampaignSummaryFilter(django_filters.FilterSet):
     """The campaign summary's filters: one run, one record owner (or contacts without one),
-    and the sent date. The page reads its figures from the counters with the cleaned values;
-    `qs` is the same selection of recipients counted live (used with a date range, and by the
-    tests to check the counters)."""
+    and the sent date. The page turns the cleaned values into a reports.SummaryScope (`scope()`)
+    and reads its figures from the counters (live, with a date range); `qs` selects the same
+    recipients as reports.summary_recipients, which the tests check."""
 
     run = RunFilter(queryset=CampaignRun.objects.none(), empty_label="All runs")
     owner = OwnerFilter(
         field_name="contact__owner",
+        label="Record owner",
         queryset=get_user_model().objects.none(),
         empty_label="All owners",
         null_label="No owner",
