@@ -684,6 +684,12 @@ class MessageAdmin(InspectOnlyAdmin):
     ]
     inlines = [TrackingEventInline]
 
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        # A contact's emails: the link from the contact page's delivery history.
+        return lookup == "recipient__contact__id__exact" or super().lookup_allowed(
+            lookup, value, request
+        )
+
     @admin.display(description="contact", ordering="recipient__contact__last_name")
     def contact(self, obj: Message) -> str:
         contact = obj.recipient.contact

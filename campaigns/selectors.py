@@ -99,3 +99,47 @@ def run_progress(*, run: CampaignRun) -> RunProgress:
     total = sum(n for label, n in counts.items() if label != R.FILTERED.label)
     done = counts[R.SENT.label] + counts[R.FAILED.label]
     return RunProgress(total=total, done=done, counts=counts)
+
+
+# The contact page shows this many emails (newest first), each with this many latest events;
+# the rest are a click away on the Sent emails list and the email's own page.
+HISTORY_EMAILS = 100
+HISTORY_EVENTS_PER_EMAIL = 25
+
+
+@dataclass
+class DeliveryHistory:
+    emails: list[Message]  # each with .recent_events and .rejection_list
+    total: int  # every email sent to the contact
+
+
+def contact_delivery_history(
+    contact_id: int, *, limit: int = HISTORY_EMAILS, events: int = HISTORY_EVENTS_PER_EMAIL
+) -> DeliveryHistory:
+    """Every email a contact was sent, newest first, with its campaign, step, account, latest
+    events and rejections: what support agents read. Four queries, whatever the history."""
+    from django.db.models import Prefetch
+
+    from tracking.models import Rejection, TrackingEvent
+
+    emails = Message.objects.filter(recipient__contact_id=contact_id)
+    shown = list(
+        emails.select_related("run__campaign", "step", "account")
+        .prefetch_related(
+            Prefetch(
+                "events",
+                queryset=TrackingEvent.objects.order_by("-occurred_at", "-id").defer("raw")[
+                    :events
+                ],
+                to_attr="recent_events",
+            ),
+            Prefetch(
+                "rejections",
+                queryset=Rejection.objects.order_by("-created", "-id"),
+                to_attr="rejection_list",
+            ),
+        )
+        .order_by("-created", "-id")[:limit]
+    )
+    total = len(shown) if len(shown) < limit else emails.count()
+    return DeliveryHistory(emails=shown, total=total)

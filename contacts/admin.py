@@ -5,17 +5,21 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils import timezone
 from import_export.admin import ImportExportMixin
 from import_export.formats.base_formats import CSV, XLSX
 
 from contacts import admin_views
+from contacts.admin_views import log_lifts
+from contacts.forms import LiftForm
 from contacts.models import Contact, ContactList, Suppression, Topic
 from contacts.resources import ContactResource, XLSXWriteOnly
+from contacts.services import suppressions_lift
 
 
 @admin.register(Topic)
@@ -108,6 +112,7 @@ class ContactAdmin(ImportExportMixin, admin.ModelAdmin):
     # A BOM, or Excel on Windows reads a UTF-8 CSV as Windows-1252 and garbles the names.
     to_encoding = "utf-8-sig"
     import_template_name = "admin/contacts/contact/import.html"
+    change_form_template = "admin/contacts/contact/change_form.html"
 
     def has_import_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perms(admin_views.IMPORT_PERMISSIONS)
@@ -118,6 +123,9 @@ class ContactAdmin(ImportExportMixin, admin.ModelAdmin):
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view
         return [
+            path("<path:object_id>/suppressions/<int:suppression_id>/lift/",
+                 wrap(partial(admin_views.contact_suppression_lift_view, model_admin=self)),
+                 name="contacts_contact_lift_suppression"),
             path("import/<str:job_id>/",
                  wrap(partial(admin_views.contact_import_job_view, model_admin=self)),
                  name="contacts_contact_import_job"),
@@ -126,6 +134,22 @@ class ContactAdmin(ImportExportMixin, admin.ModelAdmin):
                  name="contacts_contact_import_rejects"),
             *super().get_urls(),
         ]  # fmt: skip
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # Below the fields: the contact's suppression entries and its delivery history.
+        contact = self.get_object(request, unquote(object_id))
+        if contact is not None and self.has_view_or_change_permission(request, contact):
+            extra_context = {
+                **admin_views.contact_page_context(request, contact),
+                **(extra_context or {}),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def import_action(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
         return admin_views.contact_import_view(request, model_admin=self)
@@ -215,21 +239,33 @@ class SuppressionAdmin(admin.ModelAdmin):
         return obj.is_active
 
     @admin.action(description="Lift selected suppressions", permissions=["change"])
-    def lift_suppressions(self, request: HttpRequest, queryset: QuerySet[Suppression]) -> None:
-        active = list(queryset.filter(lifted_at__isnull=True))
-        now = timezone.now()
-        # Conditional on still being active, so a concurrent lift keeps its own who and when.
-        lifted = Suppression.objects.filter(
-            pk__in=[s.pk for s in active], lifted_at__isnull=True
-        ).update(lifted_at=now, lifted_by=request.user)
-        LogEntry.objects.log_actions(
-            user_id=request.user.pk,
-            queryset=active,
-            action_flag=CHANGE,
-            change_message="Lifted the suppression.",
-        )
-        self.message_user(
+    def lift_suppressions(
+        self, request: HttpRequest, queryset: QuerySet[Suppression]
+    ) -> HttpResponse | None:
+        """Asks for the reason first (an intermediate page), then lifts the active entries."""
+        form = LiftForm(request.POST if "confirm" in request.POST else None)
+        if form.is_valid():
+            lifted = suppressions_lift(
+                ids=queryset.values_list("pk", flat=True),
+                by=request.user,
+                reason=form.cleaned_data["lift_reason"],
+            )
+            log_lifts(request, lifted)
+            self.message_user(
+                request,
+                f"Lifted {len(lifted)} suppression{'s' if len(lifted) != 1 else ''}.",
+                messages.SUCCESS,
+            )
+            return None
+        return TemplateResponse(
             request,
-            f"Lifted {lifted} suppression{'s' if lifted != 1 else ''}.",
-            messages.SUCCESS,
+            "admin/contacts/suppression/lift_confirm.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Lift suppressions",
+                "opts": self.model._meta,
+                "entries": queryset.order_by("email", "reason"),
+                "form": form,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            },
         )

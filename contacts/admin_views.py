@@ -15,9 +15,11 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.db.models import F
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -25,7 +27,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
+from contacts.forms import LiftForm
 from contacts.imports import ImportJob, ImportReport, rejects_extension
+from contacts.models import Contact, Suppression
+from contacts.services import suppressions_lift
 from contacts.tasks import contact_import_run
 
 IMPORT_PERMISSIONS = ("contacts.add_contact", "contacts.change_contact")
@@ -218,3 +223,71 @@ def contact_import_rejects_view(
     return FileResponse(
         fh, as_attachment=True, filename=f"{stem}-rejects.{rejects_extension(report)}"
     )
+
+
+# --- The contact page: suppression entries and delivery history ---------------------------
+
+
+def contact_page_context(request: HttpRequest, contact: Contact) -> dict[str, Any]:
+    """What the contact's change page shows below its fields (support agents' page)."""
+    from campaigns.selectors import HISTORY_EVENTS_PER_EMAIL, contact_delivery_history
+
+    suppressions = (
+        Suppression.objects.filter(email=contact.email.strip().lower())
+        .select_related("created_by", "lifted_by")
+        .order_by(F("lifted_at").desc(nulls_first=True), "-created")
+        if contact.email
+        else Suppression.objects.none()
+    )
+    return {
+        "suppressions": list(suppressions),
+        "can_lift": request.user.has_perm("contacts.change_suppression"),
+        "lift_form": LiftForm(),
+        "history": contact_delivery_history(contact.pk),
+        "history_events_shown": HISTORY_EVENTS_PER_EMAIL,
+        "can_view_emails": request.user.has_perm("campaigns.view_message"),
+    }
+
+
+@require_POST
+def contact_suppression_lift_view(
+    request: HttpRequest, object_id: str, suppression_id: int, *, model_admin: admin.ModelAdmin
+) -> HttpResponse:
+    """Lift one suppression entry of this contact, with a reason (the contact page's button)."""
+    if not request.user.has_perm("contacts.change_suppression"):
+        raise PermissionDenied
+    contact = model_admin.get_object(request, object_id)
+    if contact is None or not model_admin.has_view_or_change_permission(request, contact):
+        raise Http404("No such contact.")
+    entry = Suppression.objects.filter(
+        pk=suppression_id, email=contact.email.strip().lower()
+    ).first()
+    if entry is None:
+        raise Http404("No such suppression entry for this contact.")
+    page = reverse("admin:contacts_contact_change", args=[contact.pk]) + "#suppressions"
+    form = LiftForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Say why the suppression is lifted: the reason is required.")
+        return HttpResponseRedirect(page)
+    lifted = suppressions_lift(
+        ids=[entry.pk], by=request.user, reason=form.cleaned_data["lift_reason"]
+    )
+    if lifted:
+        log_lifts(request, lifted)
+        messages.success(
+            request,
+            f"Lifted the {entry.get_reason_display().lower()} suppression of {entry.email}.",
+        )
+    else:
+        messages.warning(request, "That suppression was already lifted.")
+    return HttpResponseRedirect(page)
+
+
+def log_lifts(request: HttpRequest, lifted: list[Suppression]) -> None:
+    if lifted:
+        LogEntry.objects.log_actions(
+            user_id=request.user.pk,
+            queryset=lifted,
+            action_flag=CHANGE,
+            change_message="Lifted the suppression.",
+        )

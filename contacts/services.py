@@ -90,3 +90,22 @@ def suppressions_add_bulk(
         Suppression.objects.bulk_create(new, ignore_conflicts=True)
         added += len(new)
     return added
+
+
+def suppressions_lift(*, ids: Iterable[int], by, reason: str) -> list[Suppression]:
+    """Lift the active entries among `ids`: the address may be emailed again for that reason.
+    Conditional on still being active, so a concurrent lift keeps its own who, when and why.
+    Returns the entries this call lifted (each stays as history)."""
+    reason = reason.strip()[:255]
+    if not reason:
+        raise ValueError("A lift needs a reason.")
+    with transaction.atomic():
+        lifted = list(
+            Suppression.objects.select_for_update()
+            .filter(pk__in=list(ids), lifted_at__isnull=True)
+            .order_by("pk")
+        )
+        Suppression.objects.filter(pk__in=[s.pk for s in lifted]).update(
+            lifted_at=timezone.now(), lifted_by=by, lift_reason=reason
+        )
+    return lifted

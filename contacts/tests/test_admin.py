@@ -169,7 +169,12 @@ def test_suppression_search_finds_by_email(superuser_client):
 def lift(client, *suppressions: Suppression):
     return client.post(
         changelist_url(Suppression),
-        {"action": "lift_suppressions", "_selected_action": [s.pk for s in suppressions]},
+        {
+            "action": "lift_suppressions",
+            "_selected_action": [s.pk for s in suppressions],
+            "confirm": "yes",
+            "lift_reason": "Checked with the person",
+        },
     )
 
 
