@@ -16,7 +16,8 @@ from django.utils.text import Truncator
 
 from campaigns import admin_views, report_views, reports
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
-from campaigns.selectors import messages_in_doubt, run_progress
+from campaigns.selectors import messages_in_doubt, run_progress, search_by_contact
+from leadcenter.paginator import CappedCountPaginator
 from tracking.models import Rejection, TrackingEvent
 
 WEEKDAY_NAMES = {"1": "Mon", "2": "Tue", "3": "Wed", "4": "Thu", "5": "Fri", "6": "Sat", "7": "Sun"}
@@ -406,6 +407,22 @@ class CampaignRunAdmin(InspectOnlyAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+class ContactSearchMixin:
+    """Search of the big lists (Sent emails, Recipients): whole addresses, Message-IDs and
+    names by index (selectors.search_by_contact), so a search costs the same at millions of
+    rows; only when that finds nothing, Django's own search for a part of one (a scan)."""
+
+    search_by: dict[str, str] = {}
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        found = search_by_contact(queryset, search_term, **self.search_by)
+        if found is queryset or found.exists():
+            return found, False
+        return super().get_search_results(request, queryset, search_term)
+
+
 class RecipientResultFilter(admin.SimpleListFilter):
     """What became of the recipient: the report figures' first-seen conditions
     (campaigns.reports.FIGURES), so a figure's link lists exactly the recipients it counts."""
@@ -480,7 +497,7 @@ class RecipientSentDateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Recipient)
-class RecipientAdmin(InspectOnlyAdmin):
+class RecipientAdmin(ContactSearchMixin, InspectOnlyAdmin):
     list_display = [
         "email",
         "contact",
@@ -502,9 +519,17 @@ class RecipientAdmin(InspectOnlyAdmin):
         RecipientSentDateFilter,
     ]
     search_fields = ["email", "contact__first_name", "contact__last_name"]
+    search_help_text = (
+        "A whole email address or a contact's name (first, last, or both) is found at once; "
+        "a part of one is looked for everywhere, which takes longer."
+    )
+
+    search_by = {"address": "email", "contact": "contact"}
     list_select_related = ["contact", "run__campaign", "account"]
     # Big table: a COUNT of all of it on every filtered page view is not worth its cost.
     show_full_result_count = False
+    # At millions of rows, count at most CappedCountPaginator.cap of them per page.
+    paginator = CappedCountPaginator
     # Should editing ever be allowed, never render a <select> over every contact or run.
     raw_id_fields = ["contact", "run"]
     readonly_fields = [
@@ -565,15 +590,17 @@ class RejectionCategoryFilter(admin.SimpleListFilter):
     parameter_name = "rejection"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return list(Rejection.Category.choices)
+        kinds = [(kind, f"{label} (any category)") for kind, label in Rejection.Kind.choices]
+        return kinds + list(Rejection.Category.choices)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet:
+        rejections = Rejection.objects.filter(message=OuterRef("pk"))
+        # EXISTS rather than a join: a message can have several rejections, and a join
+        # would list it once per rejection.
+        if self.value() in Rejection.Kind.values:
+            return queryset.filter(Exists(rejections.filter(kind=self.value())))
         if self.value() in Rejection.Category.values:
-            # EXISTS rather than a join: a message can have several rejections, and a join
-            # would list it once per rejection.
-            return queryset.filter(
-                Exists(Rejection.objects.filter(message=OuterRef("pk"), category=self.value()))
-            )
+            return queryset.filter(Exists(rejections.filter(category=self.value())))
         return queryset
 
 
@@ -594,7 +621,7 @@ class TrackingEventInline(admin.TabularInline):
 
 
 @admin.register(Message)
-class MessageAdmin(InspectOnlyAdmin):
+class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
     """The Sent emails page."""
 
     list_display = [
@@ -625,6 +652,8 @@ class MessageAdmin(InspectOnlyAdmin):
     ]
     list_select_related = ["recipient__contact", "run__campaign", "step", "account"]
     show_full_result_count = False
+    # At millions of rows, count at most CappedCountPaginator.cap of them per page.
+    paginator = CappedCountPaginator
     raw_id_fields = ["recipient", "run", "step"]
     # Everything here is written by the sender and the tracking state machine.
     readonly_fields = [
@@ -683,6 +712,17 @@ class MessageAdmin(InspectOnlyAdmin):
         ),
     ]
     inlines = [TrackingEventInline]
+
+    search_help_text = (
+        "A whole email address, a Message-ID, or a contact's name (first, last, or both) is "
+        "found at once; a part of one is looked for everywhere, which takes longer."
+    )
+
+    search_by = {
+        "address": "recipient__email",
+        "contact": "recipient__contact",
+        "message_id": "message_id",
+    }
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # A contact's emails: the link from the contact page's delivery history.

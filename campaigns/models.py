@@ -345,6 +345,9 @@ class Message(models.Model):
             models.Index(fields=["account", "claimed_at"], name="message_account_claimed"),
             models.Index(fields=["run", "status"], name="message_run_status"),
             models.Index(fields=["status", "-created"], name="message_status_created"),
+            # The Sent emails list's order (newest first): any page of it, filtered or not,
+            # reads the index instead of sorting the table.
+            models.Index(fields=["-created", "-id"], name="message_created"),
             models.Index(
                 fields=["esp_message_id"], condition=~Q(esp_message_id=""), name="message_esp_id"
             ),

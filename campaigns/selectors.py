@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from campaigns.models import CampaignRun, Message, Recipient, SendingAccount
@@ -143,3 +144,44 @@ def contact_delivery_history(
     )
     total = len(shown) if len(shown) < limit else emails.count()
     return DeliveryHistory(emails=shown, total=total)
+
+
+def search_by_contact(
+    queryset: QuerySet[Any], term: str, *, address: str, contact: str, message_id: str | None = None
+) -> QuerySet:
+    """The Sent emails and Recipients search, fast at millions of rows because every branch is
+    an index lookup (no `LIKE '%...%'` over the table): a whole address (case-insensitive: the
+    address the email went to, or the contact's address today), a whole Message-ID (with or
+    without its angle brackets), or a contact's name: first name, last name, or
+    "first last", case-insensitively. `address`, `contact` and `message_id` name the fields of
+    the queryset's model that hold the address, the contact and the Message-ID."""
+    from django.db.models.functions import Lower
+    from django.db.models.lookups import Exact
+
+    from contacts.models import Contact
+
+    term = " ".join(term.split())
+    if not term:
+        return queryset
+    lowered = term.lower()
+    if "@" in term:
+        matches = Q(Exact(Lower(address), lowered))
+        # The contact's address today, when it changed since (the partial unique index).
+        matches |= Q(
+            **{
+                f"{contact}__in": Contact.objects.filter(
+                    Exact(Lower("email"), lowered), ~Q(email="")
+                ).values("pk")
+            }
+        )
+        if message_id:
+            bare = term.strip("<>")
+            matches |= Q(**{message_id: f"<{bare}>"})
+        return queryset.filter(matches)
+    first, _, rest = lowered.partition(" ")
+    names = Q(Exact(Lower("last_name"), lowered)) | Q(Exact(Lower("first_name"), lowered))
+    if rest:
+        names |= Q(Exact(Lower("first_name"), first)) & Q(Exact(Lower("last_name"), rest))
+    # IN (a handful of contacts found by index), not a correlated EXISTS: the database starts
+    # from those contacts and follows their indexes to the rows.
+    return queryset.filter(**{f"{contact}__in": Contact.objects.filter(names).values("pk")})

@@ -87,6 +87,9 @@ class Contact(models.Model):
         indexes = [
             models.Index(fields=["owner", "stage"], name="contact_owner_stage"),
             models.Index(fields=["last_name", "first_name"], name="contact_name"),
+            # The Sent emails and Recipients search: names, case-insensitively, by index.
+            models.Index(Lower("last_name"), Lower("first_name"), name="contact_last_name_ci"),
+            models.Index(Lower("first_name"), name="contact_first_name_ci"),
         ]
 
     def __str__(self) -> str:

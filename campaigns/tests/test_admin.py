@@ -198,13 +198,56 @@ def test_sent_emails_can_be_narrowed_to_one_run_by_a_link(superuser_client):
     assert list(response.context["cl"].result_list) == [wanted]
 
 
-def test_sent_emails_search_finds_a_message_by_message_id(superuser_client):
+@pytest.mark.parametrize("term", ["<abc123@leadcenter.test>", "abc123@leadcenter.test"])
+def test_sent_emails_search_finds_a_message_by_message_id(superuser_client, term):
     wanted = MessageFactory(message_id="<abc123@leadcenter.test>")
     MessageFactory()
 
-    response = superuser_client.get(admin_url(Message, "changelist"), {"q": "abc123"})
+    response = superuser_client.get(admin_url(Message, "changelist"), {"q": term})
 
     assert list(response.context["cl"].result_list) == [wanted]
+
+
+@pytest.mark.parametrize("term", ["LOVELACE", "ada", "  Ada   lovelace ", "ADA@ANALYTICAL.TEST"])
+def test_sent_emails_search_ignores_case_and_spacing(superuser_client, term):
+    contact = ContactFactory(first_name="Ada", last_name="Lovelace")
+    wanted = MessageFactory(recipient__contact=contact, recipient__email="ada@analytical.test")
+    MessageFactory(recipient__contact__first_name="Adam", recipient__contact__last_name="Ada-Smith")
+
+    response = superuser_client.get(admin_url(Message, "changelist"), {"q": term})
+
+    assert list(response.context["cl"].result_list) == [wanted]
+
+
+def test_a_list_of_more_than_the_cap_counts_only_up_to_it_and_says_so(
+    superuser_client, monkeypatch
+):
+    from leadcenter.paginator import CappedCountPaginator
+
+    first = MessageFactory()
+    for _ in range(6):
+        MessageFactory(recipient__run=first.run)
+    monkeypatch.setattr(CappedCountPaginator, "cap", 5)
+
+    response = superuser_client.get(admin_url(Message, "changelist"))
+    within = superuser_client.get(admin_url(Message, "changelist"), {"q": "nobody@x.test"})
+
+    assert response.context["cl"].result_count == 5
+    assert "More than 5 sent emails match" in response.text
+    assert within.context["cl"].result_count == 0
+    assert "More than" not in within.text
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_sent_emails_filter_by_rejection_kind(superuser_client, kind):
+    hard, soft = MessageFactory(), MessageFactory()
+    MessageFactory()
+    for message, k, category in ((hard, "hard", "user_not_found"), (soft, "soft", "mailbox_full")):
+        Rejection.objects.create(message=message, kind=k, category=category, source="smtp")
+
+    response = superuser_client.get(admin_url(Message, "changelist"), {"rejection": kind})
+
+    assert list(response.context["cl"].result_list) == [hard if kind == "hard" else soft]
 
 
 def test_sent_emails_filter_by_status_campaign_and_account(superuser_client):
