@@ -3,7 +3,7 @@
     python -m bench                    # full sizes (several minutes)
     python -m bench --quick            # 1/10 of the sizes, a smoke check
     python -m bench --only send        # or audience, pixel, webhooks, bounces, contacts_import,
-                                       # reports
+                                       # reports, sent_emails
 
 Each benchmark prints its own table first (see bench/send_throughput.py and bench/audience.py
 for what is measured and against which baseline). A MISS is printed, never raised: the exit
@@ -28,6 +28,7 @@ BENCHMARKS = {
     "bounces": ("bench.bounces", "run"),
     "contacts_import": ("bench.contacts_import", "main"),
     "reports": ("bench.reports", "main"),
+    "sent_emails": ("bench.sent_emails", "main"),
 }
 
 

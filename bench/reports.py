@@ -56,7 +56,7 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _setup() -> None:
+def _setup(name: str = NAME) -> None:
     """Django on the benchmark's own database (created and migrated when missing), switching
     this process to it even when another benchmark ran in it before."""
     import warnings
@@ -70,7 +70,7 @@ def _setup() -> None:
         os.environ["DATABASE_URL"] = os.environ["BENCH_REPORTS_DATABASE_URL"]
         common.setup_django()
     else:
-        common.setup_django(NAME)
+        common.setup_django(name)
     from django.conf import settings
     from django.contrib.staticfiles.storage import staticfiles_storage
     from django.core.files.storage import storages

@@ -524,7 +524,7 @@ class RecipientAdmin(ContactSearchMixin, InspectOnlyAdmin):
         "a part of one is looked for everywhere, which takes longer."
     )
 
-    search_by = {"address": "email", "contact": "contact"}
+    search_by = {"recipient": "pk"}
     list_select_related = ["contact", "run__campaign", "account"]
     # Big table: a COUNT of all of it on every filtered page view is not worth its cost.
     show_full_result_count = False
@@ -718,11 +718,7 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
         "found at once; a part of one is looked for everywhere, which takes longer."
     )
 
-    search_by = {
-        "address": "recipient__email",
-        "contact": "recipient__contact",
-        "message_id": "message_id",
-    }
+    search_by = {"recipient": "recipient", "message_id": "message_id"}
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # A contact's emails: the link from the contact page's delivery history.

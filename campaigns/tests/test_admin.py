@@ -485,3 +485,17 @@ def test_the_campaign_state_cannot_be_set_by_editing(superuser_client):
 
     campaign.refresh_from_db()
     assert campaign.state == Campaign.State.DRAFT
+
+
+@pytest.mark.parametrize(
+    "term", ["Grace Hopper", "hopper", "GRACE@NAVY.TEST", "grace@new.test", "hopp"]
+)
+def test_recipients_search_by_address_name_and_part_of_one(superuser_client, term):
+    # "hopp" finds nothing by index and falls back to Django's search for a part.
+    contact = ContactFactory(first_name="Grace", last_name="Hopper", email="grace@new.test")
+    wanted = RecipientFactory(contact=contact, email="grace@navy.test")
+    RecipientFactory(contact__first_name="Alan", contact__last_name="Turing")
+
+    response = superuser_client.get(admin_url(Recipient, "changelist"), {"q": term})
+
+    assert list(response.context["cl"].result_list) == [wanted]
