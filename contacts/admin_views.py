@@ -46,7 +46,7 @@ SILENT_TOO_LONG = timedelta(minutes=2)
 
 
 def background_rows() -> int:
-    return int(getattr(settings, "LEADCENTER_IMPORT_BACKGROUND_ROWS", 5000))
+    return settings.LEADCENTER_IMPORT_BACKGROUND_ROWS
 
 
 def _require_import(request: HttpRequest, model_admin: admin.ModelAdmin) -> None:

@@ -211,6 +211,8 @@ for _name in (
         ANYMAIL[_name] = env_str(_name)
 # Apply ESP webhook events in the request instead of a django-q2 task (tests, small installs).
 LEADCENTER_WEBHOOKS_SYNC = env_bool("LEADCENTER_WEBHOOKS_SYNC", False)
+# Contact files with more data rows than this are imported by a worker (the admin shows progress).
+LEADCENTER_IMPORT_BACKGROUND_ROWS = env_int("LEADCENTER_IMPORT_BACKGROUND_ROWS", 5000, minimum=1)
 
 LOGGING = {
     "version": 1,
