@@ -499,3 +499,26 @@ def test_recipients_search_by_address_name_and_part_of_one(superuser_client, ter
     response = superuser_client.get(admin_url(Recipient, "changelist"), {"q": term})
 
     assert list(response.context["cl"].result_list) == [wanted]
+
+
+def test_sent_emails_show_each_emails_latest_event(superuser_client):
+    from datetime import UTC, datetime
+
+    from tracking.models import TrackingEvent
+
+    opened, quiet = MessageFactory(), MessageFactory()
+    for minute, kind in ((1, "sent"), (9, "opened"), (5, "delivered")):
+        TrackingEvent.objects.create(
+            message=opened,
+            type=kind,
+            source="test",
+            occurred_at=datetime(2026, 3, 2, 10, minute, tzinfo=UTC),
+            dedupe_key=f"{kind}:{opened.pk}",
+        )
+
+    response = superuser_client.get(admin_url(Message, "changelist"))
+
+    rows = {m.pk: m for m in response.context["cl"].result_list}
+    admin_ = response.context["cl"].model_admin
+    assert admin_.last_event(rows[opened.pk]) == datetime(2026, 3, 2, 10, 9, tzinfo=UTC)
+    assert admin_.last_event(rows[quiet.pk]) == quiet.created
