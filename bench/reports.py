@@ -127,12 +127,13 @@ def _fixture_for(large: int) -> Fixture | None:
                    admin.pk)  # fmt: skip
 
 
-def _generate(large: int) -> Fixture:
+def start_data():
+    """Empty tables, then the admin login, the owners (as an SQL array of their ids for
+    _insert_rows) and the sending account every generated email goes through."""
     from django.contrib.auth import get_user_model
-    from django.db import connection, transaction
 
     from bench import common
-    from campaigns.models import Campaign, CampaignRun, CampaignStep, SendingAccount
+    from campaigns.models import SendingAccount
 
     common.truncate()
     User = get_user_model()
@@ -144,18 +145,36 @@ def _generate(large: int) -> Fixture:
     ]
     owner_ids = "ARRAY[" + ", ".join(str(u.pk) for u in owners) + "]"
     account = SendingAccount.objects.create(name="Bench", from_email="bench@leadcenter.example")
+    return admin, owner_ids, account
+
+
+def generate_run(name: str, account, owner_ids: str, first: int, last: int):
+    """A finished campaign of one step and one completed run over the contacts numbered
+    first..last (created here with their recipients, emails, rejections and events)."""
+    from django.db import connection, transaction
+
+    from campaigns.models import Campaign, CampaignRun, CampaignStep
+
+    with transaction.atomic():
+        campaign = Campaign.objects.create(name=name, state="finished")
+        campaign.accounts.add(account)
+        step = CampaignStep.objects.create(campaign=campaign, position=1, subject="Hi")
+        run = CampaignRun.objects.create(campaign=campaign, status="completed")
+        with connection.cursor() as cursor:
+            _insert_rows(cursor, run.pk, step.pk, account.pk, owner_ids, first, last)
+    return campaign, run
+
+
+def _generate(large: int) -> Fixture:
+    from bench import common
+
+    admin, owner_ids, account = start_data()
     fixture = {}
     first_contact = 1
     for size in (SMALL, large):
         started = time.monotonic()
-        with transaction.atomic():
-            campaign = Campaign.objects.create(name=f"Bench {size}", state="finished")
-            campaign.accounts.add(account)
-            step = CampaignStep.objects.create(campaign=campaign, position=1, subject="Hi")
-            run = CampaignRun.objects.create(campaign=campaign, status="completed")
-            last = first_contact + size - 1
-            with connection.cursor() as cursor:
-                _insert_rows(cursor, run.pk, step.pk, account.pk, owner_ids, first_contact, last)
+        last = first_contact + size - 1
+        campaign, run = generate_run(f"Bench {size}", account, owner_ids, first_contact, last)
         common.execute_autocommit("VACUUM ANALYZE")
         _say(f"  generated a run of {size:,} recipients in {time.monotonic() - started:.0f}s")
         fixture[size] = (run.pk, campaign.pk)

@@ -94,38 +94,18 @@ def _describe(size: int, campaigns, admin, emails: int) -> Data:
 
 
 def _generate(size: int) -> Data:
-    from django.contrib.auth import get_user_model
-    from django.db import connection, transaction
-
     from bench import common
-    from bench.reports import OWNERS, _insert_rows
-    from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, SendingAccount
+    from bench.reports import generate_run, start_data
+    from campaigns.models import Message
 
-    common.truncate()
-    User = get_user_model()
-    User.objects.filter(username__startswith="bench-").delete()
-    admin = User.objects.create_superuser("bench-admin", "admin@bench.example", "bench")
-    owners = [
-        User.objects.create_user(f"bench-owner{i}", first_name=f"Owner{i}", last_name="Bench")
-        for i in range(OWNERS)
-    ]
-    owner_ids = "ARRAY[" + ", ".join(str(u.pk) for u in owners) + "]"
-    account = SendingAccount.objects.create(name="Bench", from_email="bench@leadcenter.example")
+    admin, owner_ids, account = start_data()
     per_run = math.ceil(size / EMAILED / CAMPAIGNS)
-    campaigns = []
-    first = 1
     started = time.monotonic()
-    for i in range(1, CAMPAIGNS + 1):
-        with transaction.atomic():
-            campaign = Campaign.objects.create(name=f"List {size} #{i}", state="finished")
-            campaign.accounts.add(account)
-            step = CampaignStep.objects.create(campaign=campaign, position=1, subject="Hi")
-            run = CampaignRun.objects.create(campaign=campaign, status="completed")
-            with connection.cursor() as cursor:
-                _insert_rows(cursor, run.pk, step.pk, account.pk, owner_ids, first,
-                             first + per_run - 1)  # fmt: skip
-        first += per_run
-        campaigns.append(campaign)
+    campaigns = [
+        generate_run(f"List {size} #{i}", account, owner_ids, 1 + (i - 1) * per_run,
+                     i * per_run)[0]
+        for i in range(1, CAMPAIGNS + 1)
+    ]  # fmt: skip
     common.execute_autocommit("VACUUM ANALYZE")
     emails = Message.objects.count()
     _say(f"  generated {emails:,} emails in {time.monotonic() - started:.0f}s")
