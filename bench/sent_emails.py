@@ -131,8 +131,8 @@ def _pages(data: Data) -> dict[str, str]:
     today = timezone.localdate()
     return {
         "first page": "",
-        "page 50": "p=50",
-        "page 100 (the last at 10,000)": "p=100",
+        "page 5": "p=5",
+        "page 10 (the last the list offers)": "p=10",
         "status opened": "status__exact=opened",
         "status bounced": "status__exact=bounced",
         "campaign": f"run__campaign__id__exact={data.campaigns[1]}",
