@@ -946,9 +946,9 @@ def _rows_update(
                 params.append(pk)
                 for name, field in columns:
                     value = values.get(name, blank[name])
-                    params.append(
-                        None if value is None else field.get_db_prep_save(value, connection)
-                    )
+                    if value is not None and not postgres:  # psycopg takes Python values
+                        value = field.get_db_prep_save(value, connection)
+                    params.append(value)
             row_sql = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
             cursor.execute(
                 f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
