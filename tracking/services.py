@@ -535,7 +535,8 @@ class _Batch:
 
     def __init__(self) -> None:
         self.events: list[TrackingEvent] = []
-        self.moved: list[tuple[int, bool]] = []  # (position in the batch, moved its message)
+        # (position in the batch, moved its message, the message's id)
+        self.moved: list[tuple[int, bool, int | None]] = []
         self.rejections: list[Rejection] = []
         # recipient id -> column -> time (first-seen times: the first; last_action_at: the last)
         self.recipients: dict[int, dict[str, datetime]] = {}
@@ -560,11 +561,22 @@ class _Batch:
         facts["last_action_at"] = when
 
 
+@dataclass(frozen=True)
+class EventOutcome:
+    word: str  # "changed", "recorded" or "duplicate"
+    message_id: int | None  # the message it matched (None: unmatched, or a duplicate)
+
+
 def events_apply(events: Iterable[InboundEvent]) -> list[str]:
+    """`events_apply_outcomes`, one word per event."""
+    return [outcome.word for outcome in events_apply_outcomes(events)]
+
+
+def events_apply_outcomes(events: Iterable[InboundEvent]) -> list[EventOutcome]:
     """Record a batch of outside events set-wise, with the final state of recording them one
     by one through `event_record` in the order they happened (ties in the order given).
-    Returns one word per event: "changed" (it moved its message's status), "recorded" or
-    "duplicate".
+    Returns, for each event, its word, "changed" (it moved its message's status), "recorded"
+    or "duplicate", and the message it matched.
 
     A handful of statements for the whole batch instead of several per event: the messages
     matched at once (selectors.messages_match), their rows read and locked in one query, the
@@ -592,14 +604,16 @@ def events_apply(events: Iterable[InboundEvent]) -> list[str]:
     return [_outcome(event_record(event)) for event in events]
 
 
-def _outcome(result: TransitionResult) -> str:
-    return "duplicate" if result.duplicate else "changed" if result.changed else "recorded"
+def _outcome(result: TransitionResult) -> EventOutcome:
+    if result.duplicate or result.event is None:
+        return EventOutcome("duplicate", None)
+    return EventOutcome("changed" if result.changed else "recorded", result.event.message_id)
 
 
-def _events_apply(events: list[InboundEvent]) -> list[str]:
+def _events_apply(events: list[InboundEvent]) -> list[EventOutcome]:
     from tracking.selectors import messages_match
 
-    outcomes = ["duplicate"] * len(events)
+    outcomes = [EventOutcome("duplicate", None)] * len(events)
     keys = {e.dedupe_key for e in events if e.dedupe_key}
     seen = set(
         TrackingEvent.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True)
@@ -638,8 +652,8 @@ def _events_apply(events: list[InboundEvent]) -> list[str]:
     if tangled := set(batch.invalid) & set(batch.revalid):
         batch, messages, later = plan(tangled)
     _batch_write(batch, messages)
-    for n, moved in batch.moved:
-        outcomes[n] = "changed" if moved else "recorded"
+    for n, moved, message_id in batch.moved:
+        outcomes[n] = EventOutcome("changed" if moved else "recorded", message_id)
     for n, event in later:
         outcomes[n] = _outcome(event_record(event))
     return outcomes
@@ -692,7 +706,7 @@ def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | 
                 **common,
             )
         )
-        batch.moved.append((n, False))
+        batch.moved.append((n, False, None))
         return
 
     row, when, current = message.row, event.occurred_at, message.status
@@ -726,7 +740,7 @@ def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | 
             **common,
         )
         batch.events.append(tracking_event)
-        batch.moved.append((n, bool(moved)))
+        batch.moved.append((n, bool(moved), row["pk"]))
         batch.rejections.append(
             Rejection(
                 message_id=row["pk"],
@@ -779,7 +793,7 @@ def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | 
             **common,
         )
     )
-    batch.moved.append((n, bool(moved)))
+    batch.moved.append((n, bool(moved), row["pk"]))
     if event.type in (E.UNSUBSCRIBED, E.COMPLAINED):  # as _contact_opt_out
         topic_id = row["run__campaign__topic_id"]
         if event.type == E.UNSUBSCRIBED and not event.unsubscribe_all and topic_id:
