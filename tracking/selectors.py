@@ -4,7 +4,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from django.db.models import CharField
+from django.db.models import CharField, Count, QuerySet
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -142,3 +142,21 @@ def messages_match(events: Sequence[InboundEvent]) -> list[int | None]:
             if address in latest:
                 found[n] = latest[address][1]
     return found
+
+
+def contacts_with_repeated_soft_bounces(*, days: int = 30, minimum: int = 3) -> QuerySet:
+    """The ids of contacts with `minimum` or more soft rejections in the last `days` days: for
+    a person to review (issue #4). Their address stays valid: soft means it may work again."""
+    from tracking.models import Rejection
+
+    return (
+        Rejection.objects.filter(
+            kind=Rejection.Kind.SOFT,
+            created__gte=timezone.now() - timedelta(days=days),
+            message__isnull=False,
+        )
+        .values("message__recipient__contact_id")
+        .annotate(soft=Count("pk"))
+        .filter(soft__gte=minimum)
+        .values("message__recipient__contact_id")
+    )
