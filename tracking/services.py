@@ -627,7 +627,7 @@ def _events_apply(events: list[InboundEvent]) -> list[EventOutcome]:
         todo.append((n, event))
     if not todo:
         return outcomes
-    todo.sort(key=lambda item: item[1].occurred_at)  # stable: ties keep the batch's order
+    todo.sort(key=lambda item: _sortable(item[1].occurred_at))  # stable: ties keep their order
     matched = messages_match([event for _n, event in todo])
     rows = _messages_read({pk for pk in matched if pk is not None})
 
@@ -657,6 +657,13 @@ def _events_apply(events: list[InboundEvent]) -> list[EventOutcome]:
     for n, event in later:
         outcomes[n] = _outcome(event_record(event))
     return outcomes
+
+
+def _sortable(when: datetime) -> datetime:
+    """A time that compares with aware ones (a naive time from outside is taken as UTC)."""
+    from datetime import UTC
+
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _messages_read(pks: set[int]) -> dict[int, dict[str, Any]]:

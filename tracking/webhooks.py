@@ -62,8 +62,9 @@ TASK = "tracking.webhooks.webhook_event_apply"
 BATCH_TASK = "tracking.webhooks.webhook_events_apply"
 # Stored payloads are for a person reading the history; a reply's attachments are not.
 RAW_LIMIT = 256_000
-# Events applied per transaction by the task (see webhook_events_apply).
-CHUNK = 100
+# Events applied per transaction by the task (see webhook_events_apply): set-wise, a chunk
+# costs a handful of statements and holds its messages' row locks for a fraction of a second.
+CHUNK = 500
 
 # anymail's event types -> ours. A bounce, rejection or failure is "bounced" and permanent:
 # tracking.classification decides hard or soft from the reply and the ESP's fields, because
