@@ -1,4 +1,5 @@
-"""Bounce mail, feedback reports and auto-replies turned into `InboundEvent`s, and recorded.
+"""Bounce mail, feedback reports, auto-replies (and a person's replies that reach the bounce
+mailbox) turned into `InboundEvent`s, and recorded.
 
 `bounce_parse(raw)` reads one raw message and never raises: flufl.bounce finds the failed
 addresses (decades of MTA formats, RFC 3464 or not); our own code reads RFC 3464
@@ -358,7 +359,21 @@ class _Bounce:
             return [self.unknown("A delivery report without a failed or delayed recipient.")]
         if self.is_autoreply():
             return [self.autoreply_event()]
+        if (reply := self.reply()) is not None:
+            return [reply]
         return [self.unknown("Not a bounce, feedback report or auto-reply that we could read.")]
+
+    def reply(self) -> InboundEvent | None:
+        """A person's answer to one of our emails that reached this mailbox (where the return
+        path is also where replies go), as the inbound webhook reads it: only when its
+        In-Reply-To or References name one of our Message-IDs (a VERP address alone is how
+        bounces and auto-replies come back, not people)."""
+        from tracking.webhooks import reply_event
+
+        event = reply_event(self.msg, raw=self.raw)
+        if event is None or event.message_pk is not None:
+            return None
+        return event
 
     def flufl(self) -> tuple[list[str], list[str]]:
         try:
@@ -612,6 +627,7 @@ class BounceReport:
     deferred: int = 0
     complaints: int = 0
     autoreplies: int = 0
+    replies: int = 0  # a person's answers that reached the mailbox
     delivered: int = 0  # positive delivery reports
     unmatched: int = 0  # bounces, complaints, auto-replies matching none of our messages
     unknown: int = 0
@@ -629,7 +645,8 @@ class BounceReport:
         return (
             f"Processed {self.messages} messages: bounced {self.bounced_hard} hard, "
             f"{self.bounced_soft} soft · deferred {self.deferred} · complaints "
-            f"{self.complaints} · auto-replies {self.autoreplies} · delivered {self.delivered}"
+            f"{self.complaints} · auto-replies {self.autoreplies} · replies {self.replies}"
+            f" · delivered {self.delivered}"
             f" · unmatched {self.unmatched} · unknown {self.unknown} · duplicates "
             f"{self.duplicates}" + (f" · mailbox errors {self.errors}" if self.errors else "")
         )
@@ -705,6 +722,8 @@ def _count(
         report.complaints += 1
     elif event.type == E.AUTOREPLY:
         report.autoreplies += 1
+    elif event.type == E.REPLIED:
+        report.replies += 1
     elif event.type == E.DELIVERED:
         report.delivered += 1
 
