@@ -4,8 +4,9 @@ django-anymail parses every ESP's webhooks, checks the shared secret (HTTP basic
 ANYMAIL["WEBHOOK_SECRET"]) and each ESP's own signature, and sends its `tracking` and
 `inbound` signals with one normalised event shape. The receivers here turn those into our own
 `InboundEvent` and hand them, as JSON-safe dicts, to a django-q2 task that calls
-`tracking.services.event_record`, the one place where events are matched, deduplicated and
-applied. A receiver does no database work of its own, so the ESP gets its answer at once.
+`tracking.services.events_apply`, where events are matched, deduplicated and applied, a batch
+at a time, as `event_record` applies one. A receiver does no database work of its own, so the
+ESP gets its answer at once.
 
 `LEADCENTER_WEBHOOKS_SYNC` applies events in the request instead (tests, small installs).
 
