@@ -644,8 +644,7 @@ def test_files_recorded_in_batches_end_as_one_message_at_a_time(send, bounce_for
         messages = send(*addresses)
         raws = [
             # A Message-ID of each world's own, first: the bounce's identity (its dedupe key).
-            b"Message-ID: <%s.%d@mta.example.net>\n" % (tag.encode(), n)
-            + bounce_for(name, message)
+            b"Message-ID: <%s.%d@mta.example.net>\n" % (tag.encode(), n) + bounce_for(name, message)
             for n, (name, message) in enumerate(zip(names, messages, strict=True))
         ]
         report = bounces_process(messages=[*raws, raws[0]], batch=batch)
