@@ -2,7 +2,8 @@
 
 Measured: requests per second of `/t/o/<token>.gif` (valid tokens of real sent messages, so each
 request records an open through the state machine) served by gunicorn with 2 workers, with 16
-concurrent clients on loopback for a fixed time.
+concurrent clients on loopback for a fixed time: three phases of 5 s for each side, alternating,
+the best phase of each side counting (`--quick`: one phase of 3 s each).
 Baseline: the same server, same clients, a view that does nothing but answer the same GIF.
 Target: the pixel at least 0.7x the baseline's rate.
 
@@ -96,7 +97,7 @@ def main(*, quick: bool = False) -> list[Result]:
     from campaigns.models import Message
     from tracking import tokens
 
-    seconds = 3.0 if quick else 10.0
+    seconds, rounds = (3.0, 1) if quick else (5.0, 3)
     pks = _make_messages(50 if quick else 200)
     pixel_paths = [f"/t/o/{tokens.make_token(tokens.OPEN, pk)}.gif" for pk in pks]
     noop_paths = [p.replace("/t/o/", "/noop/") for p in pixel_paths]
@@ -123,9 +124,15 @@ def main(*, quick: bool = False) -> list[Result]:
 
         _redis().delete(KEY)
         opens_before = sum(Message.objects.values_list("open_count", flat=True))
-        noop = asyncio.run(_load(port, noop_paths, seconds)) / seconds
-        pixel_done = asyncio.run(_load(port, pixel_paths, seconds))
-        pixel = pixel_done / seconds
+        # Alternating phases, the best of each side: on a shared machine the load of other
+        # processes changes from one phase to the next, and would otherwise decide the ratio.
+        noop_rates, pixel_rates, pixel_done = [], [], 0
+        for _ in range(rounds):
+            noop_rates.append(asyncio.run(_load(port, noop_paths, seconds)) / seconds)
+            done = asyncio.run(_load(port, pixel_paths, seconds))
+            pixel_done += done
+            pixel_rates.append(done / seconds)
+        noop, pixel = max(noop_rates), max(pixel_rates)
 
         pending = events_pending()
         with stopwatch() as drained:
@@ -139,6 +146,8 @@ def main(*, quick: bool = False) -> list[Result]:
         ["view", "requests/s"],
         [["do-nothing GIF (baseline)", noop], ["open pixel (records the open)", pixel]],
     ))  # fmt: skip
+    say("phases (requests/s): do-nothing " + ", ".join(f"{r:.0f}" for r in noop_rates)
+        + "; pixel " + ", ".join(f"{r:.0f}" for r in pixel_rates))  # fmt: skip
     say(
         f"opens recorded {recorded:,} for {pixel_done:,} pixel requests answered "
         f"({pending:,} queued, drained in {drained[0]:.1f} s)"

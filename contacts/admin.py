@@ -43,6 +43,24 @@ class ContactListAdmin(admin.ModelAdmin):
         return obj._contact_count
 
 
+class SoftBounceReviewFilter(admin.SimpleListFilter):
+    """Contacts whose mail keeps failing softly (3 or more soft rejections in 30 days): their
+    address is not marked invalid, but a person should look (issue #4)."""
+
+    title = "repeated soft bounces (30 days)"
+    parameter_name = "soft_bounces"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("review", "3 or more: to review")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Contact]) -> QuerySet:
+        from tracking.selectors import contacts_with_repeated_soft_bounces
+
+        if self.value() == "review":
+            return queryset.filter(pk__in=contacts_with_repeated_soft_bounces())
+        return queryset
+
+
 @admin.register(Contact)
 class ContactAdmin(ImportExportMixin, admin.ModelAdmin):
     list_display = [
@@ -64,6 +82,7 @@ class ContactAdmin(ImportExportMixin, admin.ModelAdmin):
         "stage",
         "owner",
         "lists",
+        SoftBounceReviewFilter,
     ]
     search_fields = ["email", "first_name", "last_name", "company"]
     list_select_related = ["owner"]

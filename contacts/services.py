@@ -109,3 +109,31 @@ def suppressions_lift(*, ids: Iterable[int], by, reason: str) -> list[Suppressio
             lifted_at=timezone.now(), lifted_by=by, lift_reason=reason
         )
     return lifted
+
+
+def suppressions_add_entries(*, entries: Iterable[tuple[str, str, str, str]]) -> int:
+    """`suppression_add` for many (email, reason, source, note) entries at once, in order (the
+    first entry for an address and reason is the one kept): two statements for the lot.
+    Returns how many entries it added."""
+    wanted: dict[tuple[str, str], tuple[str, str]] = {}
+    for email, reason, source, note in entries:
+        address = email.strip().lower()
+        if address:
+            wanted.setdefault((address, reason), (source, note))
+    if not wanted:
+        return 0
+    active = set(
+        Suppression.objects.filter(
+            email__in={address for address, _reason in wanted},
+            reason__in={reason for _address, reason in wanted},
+            lifted_at__isnull=True,
+        ).values_list("email", "reason")
+    )
+    new = [
+        Suppression(email=address, reason=reason, source=source, note=note)
+        for (address, reason), (source, note) in wanted.items()
+        if (address, reason) not in active
+    ]
+    # ignore_conflicts: an entry added concurrently wins, as in suppression_add.
+    Suppression.objects.bulk_create(new, ignore_conflicts=True)
+    return len(new)

@@ -1,4 +1,5 @@
-"""Bounce mail, feedback reports and auto-replies turned into `InboundEvent`s, and recorded.
+"""Bounce mail, feedback reports, auto-replies (and a person's replies that reach the bounce
+mailbox) turned into `InboundEvent`s, and recorded.
 
 `bounce_parse(raw)` reads one raw message and never raises: flufl.bounce finds the failed
 addresses (decades of MTA formats, RFC 3464 or not); our own code reads RFC 3464
@@ -56,6 +57,8 @@ E = TrackingEvent.Type
 Source = TrackingEvent.Source
 
 RAW_LIMIT = 200_000  # characters of the message kept on each event
+# Messages recorded together when they come from files, which need no acknowledgement.
+FILE_BATCH = 500
 _MAX_IDS = 20  # Message-IDs looked up per bounce
 _MAX_EVENTS = 50  # recipients per bounce; a real one names one or a few
 
@@ -356,7 +359,21 @@ class _Bounce:
             return [self.unknown("A delivery report without a failed or delayed recipient.")]
         if self.is_autoreply():
             return [self.autoreply_event()]
+        if (reply := self.reply()) is not None:
+            return [reply]
         return [self.unknown("Not a bounce, feedback report or auto-reply that we could read.")]
+
+    def reply(self) -> InboundEvent | None:
+        """A person's answer to one of our emails that reached this mailbox (where the return
+        path is also where replies go), as the inbound webhook reads it: only when its
+        In-Reply-To or References name one of our Message-IDs (a VERP address alone is how
+        bounces and auto-replies come back, not people)."""
+        from tracking.webhooks import reply_event
+
+        event = reply_event(self.msg, raw=self.raw)
+        if event is None or event.message_pk is not None:
+            return None
+        return event
 
     def flufl(self) -> tuple[list[str], list[str]]:
         try:
@@ -610,6 +627,7 @@ class BounceReport:
     deferred: int = 0
     complaints: int = 0
     autoreplies: int = 0
+    replies: int = 0  # a person's answers that reached the mailbox
     delivered: int = 0  # positive delivery reports
     unmatched: int = 0  # bounces, complaints, auto-replies matching none of our messages
     unknown: int = 0
@@ -627,7 +645,8 @@ class BounceReport:
         return (
             f"Processed {self.messages} messages: bounced {self.bounced_hard} hard, "
             f"{self.bounced_soft} soft · deferred {self.deferred} · complaints "
-            f"{self.complaints} · auto-replies {self.autoreplies} · delivered {self.delivered}"
+            f"{self.complaints} · auto-replies {self.autoreplies} · replies {self.replies}"
+            f" · delivered {self.delivered}"
             f" · unmatched {self.unmatched} · unknown {self.unknown} · duplicates "
             f"{self.duplicates}" + (f" · mailbox errors {self.errors}" if self.errors else "")
         )
@@ -638,39 +657,75 @@ def bounces_process(
     messages: Iterable[bytes],
     received_at: datetime | None = None,
     report: BounceReport | None = None,
+    batch: int = 1,
 ) -> BounceReport:
     """Parse and record each raw message. A database error propagates (and a source then
     leaves the message unacknowledged, to be read again); a message we cannot read does not.
     `report`: counts are added to it as they happen, so a caller that catches an error still
-    knows what was recorded before it."""
-    from tracking.services import event_record
+    knows what was recorded before it.
+
+    `batch`: record the events of that many messages at once, set-wise
+    (tracking.services.events_apply_outcomes). Only for sources that acknowledge nothing
+    (files): a source that acknowledges a message when the next one is asked for would
+    acknowledge a whole batch before it is recorded. One message at a time otherwise."""
+    from tracking.services import event_record, events_apply_outcomes
 
     report = report if report is not None else BounceReport()
+    if batch <= 1:
+        for raw in messages:
+            report.messages += 1
+            for event in bounce_parse(raw, received_at=received_at):
+                result = event_record(event)
+                duplicate = result.duplicate or result.event is None
+                _count(report, event, None if duplicate else result.event.message_id, duplicate)
+        return report
+    pending: list[InboundEvent] = []
+    parsed = 0
+
+    def flush() -> None:
+        nonlocal parsed
+        outcomes = events_apply_outcomes(pending)
+        report.messages += parsed
+        for event, outcome in zip(pending, outcomes, strict=True):
+            _count(report, event, outcome.message_id, outcome.word == "duplicate")
+        pending.clear()
+        parsed = 0
+
     for raw in messages:
-        report.messages += 1
-        for event in bounce_parse(raw, received_at=received_at):
-            result = event_record(event)
-            if result.duplicate or result.event is None:
-                report.duplicates += 1
-            elif event.type == E.UNKNOWN:
-                report.unknown += 1
-            elif result.event.message_id is None:
-                report.unmatched += 1
-            elif event.type == E.BOUNCED:
-                # The same pure classification event_record gave its Rejection: no query.
-                if _classify(event).is_hard:
-                    report.bounced_hard += 1
-                else:
-                    report.bounced_soft += 1
-            elif event.type == E.DEFERRED:
-                report.deferred += 1
-            elif event.type == E.COMPLAINED:
-                report.complaints += 1
-            elif event.type == E.AUTOREPLY:
-                report.autoreplies += 1
-            elif event.type == E.DELIVERED:
-                report.delivered += 1
+        parsed += 1
+        pending += bounce_parse(raw, received_at=received_at)
+        if parsed >= batch:
+            flush()
+    if parsed:
+        flush()
     return report
+
+
+def _count(
+    report: BounceReport, event: InboundEvent, message_id: int | None, duplicate: bool
+) -> None:
+    if duplicate:
+        report.duplicates += 1
+    elif event.type == E.UNKNOWN:
+        report.unknown += 1
+    elif message_id is None:
+        report.unmatched += 1
+    elif event.type == E.BOUNCED:
+        # The same pure classification event_record gave its Rejection: no query.
+        if _classify(event).is_hard:
+            report.bounced_hard += 1
+        else:
+            report.bounced_soft += 1
+    elif event.type == E.DEFERRED:
+        report.deferred += 1
+    elif event.type == E.COMPLAINED:
+        report.complaints += 1
+    elif event.type == E.AUTOREPLY:
+        report.autoreplies += 1
+    elif event.type == E.REPLIED:
+        report.replies += 1
+    elif event.type == E.DELIVERED:
+        report.delivered += 1
 
 
 def _classify(event: InboundEvent) -> Classification:

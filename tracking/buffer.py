@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from datetime import datetime
 from functools import cache
 
 from django.conf import settings
 
-from tracking.events import InboundEvent
+from tracking.events import InboundEvent, event_as_dict
+from tracking.models import TrackingEvent
+from tracking.selectors import is_machine_agent
 from tracking.services import event_record, events_record_many
 
 logger = logging.getLogger(__name__)
@@ -30,7 +33,13 @@ LOCK = "leadcenter:tracking:drain-lock"
 def _redis():
     import redis
 
-    return redis.Redis.from_url(settings.REDIS_URL)
+    # One connection per process, kept open (redis-py locks it for threads): a web worker
+    # pushes one event per request, and a pool's checkout and return cost as much as that.
+    return redis.Redis.from_url(settings.REDIS_URL, single_connection_client=True)
+
+
+# A forked process (a web or django-q2 worker) opens its own connection.
+os.register_at_fork(after_in_child=_redis.cache_clear)
 
 
 def is_buffered() -> bool:
@@ -43,14 +52,28 @@ def event_submit(event: InboundEvent) -> None:
     if is_buffered():
         import redis
 
-        payload = dataclasses.asdict(event)
-        payload["occurred_at"] = event.occurred_at.isoformat()
+        # Only what differs from InboundEvent's defaults: an open is a few short fields.
+        payload = {k: v for k, v in event_as_dict(event).items() if v != _DEFAULTS[k]}
         try:
             _redis().rpush(KEY, json.dumps(payload))
             return
         except redis.RedisError:
             logger.warning("Redis unavailable; recording a tracking event inline", exc_info=True)
-    event_record(event)
+    event_record(_classified(event))
+
+
+_DEFAULTS = {
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in dataclasses.fields(InboundEvent)
+}
+
+
+def _classified(event: InboundEvent) -> InboundEvent:
+    """A hit from a scanner, previewer or HTTP library is machine activity. Decided when the
+    event is recorded, not in the request: the pixel and the redirect answer first."""
+    if event.source in (TrackingEvent.Source.PIXEL, TrackingEvent.Source.CLICK):
+        event.is_machine = event.is_machine or is_machine_agent(event.user_agent)
+    return event
 
 
 def events_drain(*, batch: int = 500, max_seconds: float = 50.0) -> int:
@@ -73,7 +96,7 @@ def events_drain(*, batch: int = 500, max_seconds: float = 50.0) -> int:
                 try:
                     data = json.loads(item)
                     data["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
-                    events.append(InboundEvent(**data))
+                    events.append(_classified(InboundEvent(**data)))
                 except (ValueError, TypeError, KeyError):  # a bad item must not block the rest
                     logger.exception("unreadable queued tracking event: %r", item[:500])
             events_record_many(events)

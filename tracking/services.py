@@ -483,119 +483,499 @@ def _contact_opt_out(message_id: int, event: InboundEvent) -> None:
 
 def events_record_many(events: list[InboundEvent]) -> int:
     """Record a batch of queued events (the Redis drain) with the effect of recording them one
-    by one in order, but with a few statements per message instead of several per event:
-    opens and clicks of known messages are grouped per message; anything else goes through
-    event_record. Returns the number of events recorded (duplicates left out)."""
+    by one in order, set-wise (see events_apply). Returns the number of events recorded
+    (duplicates left out)."""
+    return sum(outcome != "duplicate" for outcome in events_apply(events))
+
+
+# --- events from outside, a batch at a time ---------------------------------------------------
+
+# The Message columns an event can change besides its status (see _facts).
+_MESSAGE_FACTS = (*dict.fromkeys([*_FIRST_SEEN.values(), "delivered_at"]), *_COUNTERS.values())
+
+
+class _Raced(Exception):
+    """Another writer moved one of the batch's messages between our read and our write."""
+
+
+class _Message:
+    """One message of a batch: its row as read, and its state as the batch's events leave it."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.status: str = row["status"]
+        self.changed_at: datetime | None = None  # the time of its last move
+        self.values: dict[str, Any] = {name: row[name] for name in _MESSAGE_FACTS}
+        self.touched: set[str] = set()  # facts the batch changes
+        self.fields: dict[str, Any] = {}  # columns written because the status moved
+
+    def apply(self, event_type: str, when: datetime) -> None:
+        """_facts, in Python: first-seen times once, counters every time."""
+        names = [_FIRST_SEEN.get(event_type)]
+        if event_type in _PROVES_DELIVERY:
+            names.append("delivered_at")
+        for name in names:
+            if name and self.values[name] is None:
+                self.values[name] = when
+                self.touched.add(name)
+        if counter := _COUNTERS.get(event_type):
+            self.values[counter] += 1
+            self.touched.add(counter)
+
+    def move(self, status: str | None, when: datetime) -> str:
+        """The transition table: the status this event moves the message to, or ""."""
+        if not status or not can_transition(self.status, status):
+            return ""
+        self.status, self.changed_at = status, when
+        return status
+
+
+class _Batch:
+    """Everything a batch of events writes, gathered in Python before the first write."""
+
+    def __init__(self) -> None:
+        self.events: list[TrackingEvent] = []
+        # (position in the batch, moved its message, the message's id)
+        self.moved: list[tuple[int, bool, int | None]] = []
+        self.rejections: list[Rejection] = []
+        # recipient id -> column -> time (first-seen times: the first; last_action_at: the last)
+        self.recipients: dict[int, dict[str, datetime]] = {}
+        self.failed_recipients: set[int] = set()
+        self.invalid: dict[int, str] = {}  # contact id -> why (the first hard rejection)
+        self.revalid: dict[int, str] = {}  # contact id -> why (the first proof of life)
+        self.unsubscribed: dict[int, datetime] = {}  # contact id -> first unsubscribe time
+        self.topic_opt_outs: set[tuple[int, int]] = set()  # (contact id, topic id)
+        self.suppressions: list[tuple[str, str, str, str]] = []  # email, reason, source, note
+        self.contact_emails: dict[int, str] = {}
+
+    def recipient_facts(self, recipient_id: int, event_type: str, when: datetime) -> None:
+        """_recipient_facts, in Python."""
+        names = [_RECIPIENT_FIRST_SEEN.get(event_type)]
+        if event_type in _PROVES_DELIVERY:
+            names.append("delivered_at")
+        if not any(names):
+            return
+        facts = self.recipients.setdefault(recipient_id, {})
+        for name in filter(None, names):
+            facts.setdefault(name, when)
+        facts["last_action_at"] = when
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    word: str  # "changed", "recorded" or "duplicate"
+    message_id: int | None  # the message it matched (None: unmatched, or a duplicate)
+
+
+def events_apply(events: Iterable[InboundEvent]) -> list[str]:
+    """`events_apply_outcomes`, one word per event."""
+    return [outcome.word for outcome in events_apply_outcomes(events)]
+
+
+def events_apply_outcomes(events: Iterable[InboundEvent]) -> list[EventOutcome]:
+    """Record a batch of outside events set-wise, with the final state of recording them one
+    by one through `event_record` in the order they happened (ties in the order given).
+    Returns, for each event, its word, "changed" (it moved its message's status), "recorded"
+    or "duplicate", and the message it matched.
+
+    A handful of statements for the whole batch instead of several per event: the messages
+    matched at once (selectors.messages_match), their rows read and locked in one query, the
+    state machine run in Python over each message's events, then one multi-row INSERT of the
+    events and one of the rejections, one UPDATE of the messages per (from, to) status pair,
+    guarded by the status it expects, one of the recipients, and a few for the contacts and
+    the suppression list. Replayed, or in another order, a batch ends in the same state. When
+    another writer records one of the events or moves one of the messages first (a unique
+    dedupe key, a guard that matches fewer rows), the batch starts over from a fresh read.
+    """
+    from django.db import OperationalError
+
+    events = list(events)
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                return _events_apply(events)
+        except (_Raced, IntegrityError):
+            continue
+        except OperationalError as exc:
+            # A deadlock or serialization failure with another writer: PostgreSQL chose us.
+            if getattr(exc.__cause__, "sqlstate", None) not in ("40P01", "40001"):
+                raise
+    # Still racing after three tries: one event at a time.
+    return [_outcome(event_record(event)) for event in events]
+
+
+def _outcome(result: TransitionResult) -> EventOutcome:
+    if result.duplicate or result.event is None:
+        return EventOutcome("duplicate", None)
+    return EventOutcome("changed" if result.changed else "recorded", result.event.message_id)
+
+
+def _events_apply(events: list[InboundEvent]) -> list[EventOutcome]:
+    from tracking.selectors import messages_match
+
+    outcomes = [EventOutcome("duplicate", None)] * len(events)
+    keys = {e.dedupe_key for e in events if e.dedupe_key}
+    seen = set(
+        TrackingEvent.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True)
+    )
+    todo: list[tuple[int, InboundEvent]] = []
+    for n, event in enumerate(events):
+        if event.dedupe_key in seen:
+            continue
+        if event.dedupe_key:
+            seen.add(event.dedupe_key)
+        todo.append((n, event))
+    if not todo:
+        return outcomes
+    todo.sort(key=lambda item: _sortable(item[1].occurred_at))  # stable: ties keep their order
+    matched = messages_match([event for _n, event in todo])
+    rows = _messages_read({pk for pk in matched if pk is not None})
+
+    def plan(skip: set[int]) -> tuple[_Batch, dict[int, _Message], list]:
+        batch, later = _Batch(), []
+        messages = {
+            pk: _Message(row)
+            for pk, row in rows.items()
+            if row["recipient__contact_id"] not in skip
+        }
+        for (n, event), pk in zip(todo, matched, strict=True):
+            if pk in rows and pk not in messages:
+                later.append((n, event))
+            else:
+                _event_plan(batch, n, event, messages.get(pk) if pk is not None else None)
+        return batch, messages, later
+
+    batch, messages, later = plan(set())
+    # A contact whose address one event condemns and another proves working depends on their
+    # order in ways a set-wise write would flatten (a suppression added, then lifted): its
+    # events go through event_record one by one, after the rest.
+    if tangled := set(batch.invalid) & set(batch.revalid):
+        batch, messages, later = plan(tangled)
+    _batch_write(batch, messages)
+    for n, moved, message_id in batch.moved:
+        outcomes[n] = EventOutcome("changed" if moved else "recorded", message_id)
+    for n, event in later:
+        outcomes[n] = _outcome(event_record(event))
+    return outcomes
+
+
+def _sortable(when: datetime) -> datetime:
+    """A time that compares with aware ones (a naive time from outside is taken as UTC)."""
+    from datetime import UTC
+
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _messages_read(pks: set[int]) -> dict[int, dict[str, Any]]:
+    """The batch's messages, locked until the batch commits (in id order, so two batches
+    cannot deadlock each other)."""
+    if not pks:
+        return {}
+    rows = (
+        Message.objects.filter(pk__in=pks)
+        .order_by("pk")
+        .select_for_update(of=("self",))
+        .values(
+            "pk",
+            "status",
+            "recipient_id",
+            *_MESSAGE_FACTS,
+            "recipient__email",
+            "recipient__contact_id",
+            "recipient__contact__email",
+            "run__campaign__topic_id",
+        )
+    )
+    return {row["pk"]: row for row in rows}
+
+
+def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | None) -> None:
+    """What `event_record` does for one event, in Python: the rows and changes it makes,
+    added to the batch, and the message's state moved on for the events after it."""
+    from contacts.models import Suppression
     from tracking.selectors import MACHINE_CLICK_WINDOW
 
-    engagement = [e for e in events if e.type in (E.OPENED, E.CLICKED) and e.message_pk]
-    others = [e for e in events if e not in engagement]
-    recorded = sum(0 if event_record(e).duplicate else 1 for e in others)
-    if not engagement:
-        return recorded
-    with transaction.atomic():
-        seen = set(
-            TrackingEvent.objects.filter(
-                dedupe_key__in=[e.dedupe_key for e in engagement]
-            ).values_list("dedupe_key", flat=True)
-        )
-        fresh: dict[str, InboundEvent] = {}
-        for e in engagement:
-            if e.dedupe_key not in seen:
-                fresh.setdefault(e.dedupe_key, e)
-        rows = {
-            r["pk"]: r
-            for r in Message.objects.filter(pk__in={e.message_pk for e in fresh.values()}).values(
-                "pk", "status", "recipient_id", "sent_at"
+    common = {
+        "source": event.source,
+        "occurred_at": event.occurred_at,
+        "dedupe_key": event.dedupe_key or _fresh_key(),
+        "raw": event.raw,
+    }
+    if message is None:  # kept, unmatched
+        batch.events.append(
+            TrackingEvent(
+                type=event.type,
+                email=event.recipient[:254],
+                url=event.url[:2000],
+                user_agent=event.user_agent[:500],
+                is_machine=event.is_machine,
+                detail=event.detail or event.diagnostic,
+                **common,
             )
-        }
-        by_message: dict[int, list[InboundEvent]] = {}
-        for e in sorted(fresh.values(), key=lambda e: e.occurred_at):
-            if e.message_pk not in rows:
-                recorded += 0 if event_record(e).duplicate else 1  # kept, unmatched
-                continue
-            sent_at = rows[e.message_pk]["sent_at"]
-            if not e.is_machine and sent_at and e.occurred_at - sent_at < MACHINE_CLICK_WINDOW:
-                e.is_machine = True
-            by_message.setdefault(e.message_pk, []).append(e)
-        new_events: list[TrackingEvent] = []
-        for pk, group in by_message.items():
-            new_events += _engagement_apply(rows[pk], group)
-        TrackingEvent.objects.bulk_create(new_events)
-    return recorded + len(new_events)
-
-
-def _engagement_apply(row: dict, group: list[InboundEvent]) -> list[TrackingEvent]:
-    """One message's opens and clicks of a batch: counters, first-seen times, the status moved
-    at most once (to the best engagement the table allows), and their event rows."""
-    current = row["status"]
-    human = [e for e in group if not e.is_machine]
-    first = {
-        t: min((e.occurred_at for e in group if e.type == t), default=None)
-        for t in (E.OPENED, E.CLICKED)
-    }
-    updates: dict[str, Any] = {
-        "open_count": F("open_count") + sum(e.type == E.OPENED for e in group),
-        "click_count": F("click_count") + sum(e.type == E.CLICKED for e in group),
-        "delivered_at": Coalesce(F("delivered_at"), min(e.occurred_at for e in group)),
-    }
-    for event_type, field in ((E.OPENED, "opened_at"), (E.CLICKED, "clicked_at")):
-        if first[event_type]:
-            updates[field] = Coalesce(F(field), first[event_type])
-    # Walk the events in time order as one-by-one recording would: each records the status it
-    # found, and those that move it, the status they moved it to.
-    target, last_move = current, None
-    steps: dict[int, tuple[str, str]] = {}
-    for e in group:
-        wanted = None if e.is_machine else _EVENT_STATUS[e.type]
-        moves = wanted is not None and can_transition(target, wanted)
-        steps[id(e)] = (target, wanted if moves else "")
-        if moves:
-            target, last_move = wanted, e
-    moved = target != current and (
-        Message.objects.filter(pk=row["pk"], status=current).update(
-            status=target, status_changed_at=last_move.occurred_at, **updates
         )
-        == 1
-    )
-    if target != current and not moved:
-        # Another writer moved the message meanwhile: apply this group one by one instead.
-        for e in group:
-            message_transition(
+        batch.moved.append((n, False, None))
+        return
+
+    row, when, current = message.row, event.occurred_at, message.status
+    contact_id = row["recipient__contact_id"]
+    if event.type in (E.BOUNCED, E.FAILED, E.DEFERRED):  # as event_record and message_reject
+        classification = classify_rejection(
+            smtp_code=event.smtp_code,
+            smtp_status=event.smtp_status,
+            text=event.diagnostic,
+            esp_fields=event.esp_fields,
+            reject_reason=event.reject_reason,
+        )
+        if event.type == E.DEFERRED or not event.permanent:
+            status = S.SOFT_BOUNCED
+        elif classification.is_hard:
+            status = S.BOUNCED
+        else:
+            status = S.FAILED
+        event_type = {S.BOUNCED: E.BOUNCED, S.FAILED: E.FAILED}.get(status, E.DEFERRED)
+        message.apply(event_type, when)
+        moved = message.move(status, when)
+        if moved == S.SOFT_BOUNCED:
+            message.fields["next_attempt_at"] = None
+        batch.recipient_facts(row["recipient_id"], event_type, when)
+        tracking_event = TrackingEvent(
+            message_id=row["pk"],
+            type=event_type,
+            from_status=current,
+            to_status=moved,
+            detail=event.diagnostic,
+            **common,
+        )
+        batch.events.append(tracking_event)
+        batch.moved.append((n, bool(moved), row["pk"]))
+        batch.rejections.append(
+            Rejection(
                 message_id=row["pk"],
-                event_type=e.type,
-                source=e.source,
-                status=None if e.is_machine else _EVENT_STATUS[e.type],
-                occurred_at=e.occurred_at,
-                dedupe_key=e.dedupe_key,
-                url=e.url[:2000],
-                user_agent=e.user_agent[:500],
-                is_machine=e.is_machine,
+                event=tracking_event,
+                email=row["recipient__email"],
+                kind=classification.kind,
+                category=classification.category,
+                smtp_code=event.smtp_code,
+                smtp_status=event.smtp_status,
+                diagnostic=event.diagnostic,
+                source=event.source,
             )
-        return []
-    if not moved:
-        Message.objects.filter(pk=row["pk"]).update(**updates)
-    if human:
-        recipient_updates = {"delivered_at": Coalesce(F("delivered_at"), human[0].occurred_at)}
-        for event_type, field in ((E.OPENED, "opened_at"), (E.CLICKED, "clicked_at")):
-            times = [e.occurred_at for e in human if e.type == event_type]
-            if times:
-                recipient_updates[field] = Coalesce(F(field), min(times))
-        Recipient.objects.filter(pk=row["recipient_id"]).update(
-            last_action_at=human[-1].occurred_at, **recipient_updates
         )
-    return [
+        if classification.is_hard and moved:
+            batch.failed_recipients.add(row["recipient_id"])
+            if contact_id not in batch.invalid:
+                label = Rejection.Category(classification.category).label
+                reason = f"{label}: {event.diagnostic}".strip(": ")
+                batch.invalid[contact_id] = reason
+                if email := (row["recipient__contact__email"] or "").strip():
+                    batch.suppressions.append(
+                        (email, Suppression.Reason.HARD_BOUNCE, event.source, reason)
+                    )
+        return
+
+    is_machine = event.is_machine
+    sent_at = message.values["sent_at"]
+    if (
+        event.type in (E.OPENED, E.CLICKED)
+        and not is_machine
+        and sent_at
+        and when - sent_at < MACHINE_CLICK_WINDOW
+    ):
+        is_machine = True
+    message.apply(event.type, when)
+    moved = message.move(None if is_machine else _EVENT_STATUS.get(event.type), when)
+    if not is_machine:
+        batch.recipient_facts(row["recipient_id"], event.type, when)
+    batch.events.append(
         TrackingEvent(
             message_id=row["pk"],
-            type=e.type,
-            source=e.source,
-            occurred_at=e.occurred_at,
-            dedupe_key=e.dedupe_key,
-            from_status=steps[id(e)][0],
-            to_status=steps[id(e)][1],
-            url=e.url[:2000],
-            user_agent=e.user_agent[:500],
-            is_machine=e.is_machine,
+            type=event.type,
+            from_status=current,
+            to_status=moved,
+            email=event.recipient[:254],
+            url=event.url[:2000],
+            user_agent=event.user_agent[:500],
+            is_machine=is_machine,
+            detail=event.detail or event.diagnostic,
+            **common,
         )
-        for e in group
-    ]
+    )
+    batch.moved.append((n, bool(moved), row["pk"]))
+    if event.type in (E.UNSUBSCRIBED, E.COMPLAINED):  # as _contact_opt_out
+        topic_id = row["run__campaign__topic_id"]
+        if event.type == E.UNSUBSCRIBED and not event.unsubscribe_all and topic_id:
+            batch.topic_opt_outs.add((contact_id, topic_id))
+        else:
+            reason = Suppression.Reason.COMPLAINT
+            if event.type == E.UNSUBSCRIBED:
+                batch.unsubscribed.setdefault(contact_id, when)
+                reason = Suppression.Reason.UNSUBSCRIBE
+            if (email := row["recipient__email"]).strip():
+                batch.suppressions.append((email, reason, event.source, ""))
+    if moved and current == S.BOUNCED:  # the bounce was wrong, as in event_record
+        batch.revalid.setdefault(
+            contact_id, f"{event.type} after the bounce proves the address works"
+        )
+        batch.contact_emails[contact_id] = row["recipient__contact__email"] or ""
+
+
+def _batch_write(batch: _Batch, messages: dict[int, _Message]) -> None:
+    from contacts.models import Contact, Suppression
+    from contacts.services import suppressions_add_entries
+
+    TrackingEvent.objects.bulk_create(batch.events)
+    for rejection in batch.rejections:
+        rejection.event_id = rejection.event.pk
+    Rejection.objects.bulk_create(batch.rejections)
+
+    # Messages: one UPDATE per (from, to) status pair, guarded by the status its rows are
+    # expected in, and one for those whose status stays; first-seen times and counters with
+    # them. The rows are locked: a guard that misses means a writer that does not lock.
+    groups: dict[tuple | None, list[_Message]] = {}
+    for message in messages.values():
+        if message.status != message.row["status"]:
+            key = (message.row["status"], message.status, tuple(sorted(message.fields.items())))
+            groups.setdefault(key, []).append(message)
+        elif message.touched:
+            groups.setdefault(None, []).append(message)
+    for key, group in groups.items():
+        ops = {name: _OPS[name] for m in group for name in m.touched}
+        rows = {
+            m.row["pk"]: {
+                name: m.values[name] - m.row[name] if ops[name] == "add" else m.values[name]
+                for name in m.touched
+            }
+            for m in group
+        }
+        constants, where = {}, {}
+        if key is not None:
+            where["status"], constants["status"], fields = key
+            constants.update(fields)
+            ops["status_changed_at"] = "set"
+            for m in group:
+                rows[m.row["pk"]]["status_changed_at"] = m.changed_at
+        if _rows_update(Message, rows=rows, ops=ops, constants=constants, where=where) != len(
+            group
+        ):
+            raise _Raced
+
+    # Recipients: first-seen times and the last action; failed, for a dead address.
+    if batch.recipients:
+        ops = {name: "coalesce" for facts in batch.recipients.values() for name in facts}
+        ops["last_action_at"] = "override"
+        _rows_update(Recipient, rows=batch.recipients, ops=ops)
+    if batch.failed_recipients:
+        Recipient.objects.filter(pk__in=batch.failed_recipients).update(
+            status=Recipient.Status.FAILED, next_step_at=None
+        )
+
+    # Contacts and the suppression list: contacts.services' rules, set-wise.
+    now = timezone.now()
+    if batch.invalid:
+        _rows_update(
+            Contact,
+            rows={pk: {"invalid_reason": reason[:255]} for pk, reason in batch.invalid.items()},
+            ops={"invalid_reason": "set"},
+            constants={"email_status": Contact.EmailStatus.INVALID, "invalid_at": now},
+            where={"email_status": Contact.EmailStatus.VALID},
+        )
+    if batch.unsubscribed:
+        _rows_update(
+            Contact,
+            rows={pk: {"unsubscribed_at": when} for pk, when in batch.unsubscribed.items()},
+            ops={"unsubscribed_at": "coalesce"},
+        )
+    if batch.topic_opt_outs:
+        through = Contact.opted_out_topics.through
+        through.objects.bulk_create(
+            [through(contact_id=c, topic_id=t) for c, t in sorted(batch.topic_opt_outs)],
+            ignore_conflicts=True,
+        )
+    if batch.suppressions:
+        suppressions_add_entries(entries=batch.suppressions)
+    for reason in dict.fromkeys(batch.revalid.values()):
+        contact_ids = [pk for pk, why in batch.revalid.items() if why == reason]
+        Contact.objects.filter(pk__in=contact_ids, email_status=Contact.EmailStatus.INVALID).update(
+            email_status=Contact.EmailStatus.VALID, invalid_reason="", invalid_at=None
+        )
+        emails = {batch.contact_emails[pk].strip().lower() for pk in contact_ids} - {""}
+        Suppression.objects.filter(
+            email__in=emails, reason=Suppression.Reason.HARD_BOUNCE, lifted_at__isnull=True
+        ).update(lifted_at=now, lift_reason=reason[:255])
+
+
+# How _batch_write sets each Message column: a counter grows by the batch's count, a first-seen
+# time is kept when the row has one already.
+_OPS = {name: "add" if name in _COUNTERS.values() else "coalesce" for name in _MESSAGE_FACTS}
+# SQL of each way of setting a column `c` of row `t` from the value `v` given for the row.
+_SET_SQL = {
+    "set": "{v}",
+    "coalesce": "COALESCE(t.{c}, {v})",  # the row's own value first: a first-seen time
+    "override": "COALESCE({v}, t.{c})",  # the given value, where one is given
+    "add": "t.{c} + {v}",
+}
+
+
+def _rows_update(
+    model: type,
+    *,
+    rows: Mapping[int, Mapping[str, Any]],
+    ops: Mapping[str, str],
+    constants: Mapping[str, Any] | None = None,
+    where: Mapping[str, Any] | None = None,
+) -> int:
+    """UPDATE many rows of `model`, each with values of its own, in one statement per few
+    thousand rows: `UPDATE ... SET ... FROM (VALUES (pk, v1, v2, ...), ...)`, which PostgreSQL
+    and SQLite (3.33+) both run. `rows`: pk -> column -> value (a column missing from a row
+    leaves it as it is, for every way but "set"); `ops`: column -> a way of _SET_SQL;
+    `constants`: columns set to one value in every row; `where`: columns each row must hold
+    (equality). Returns the number of rows updated. A few compiled statements instead of
+    Django's CASE WHEN pk = ... per row and column, which costs more to build than to run."""
+    from django.db import connection
+
+    if not rows:
+        return 0
+    meta, quote = model._meta, connection.ops.quote_name
+    columns = [(name, meta.get_field(name)) for name in ops]
+    postgres = connection.vendor == "postgresql"
+    sets = []
+    for n, (name, field) in enumerate(columns, start=2):
+        value = f"v.column{n}"
+        if postgres:  # a column of VALUES that holds only NULLs would be text
+            value = f"CAST({value} AS {field.cast_db_type(connection)})"
+        sets.append(f"{quote(field.column)} = " + _SET_SQL[ops[name]].format(
+            c=quote(field.column), v=value))  # fmt: skip
+    head_params = []
+    for name, value in (constants or {}).items():
+        field = meta.get_field(name)
+        sets.append(f"{quote(field.column)} = %s")
+        head_params.append(field.get_db_prep_save(value, connection))
+    conditions, tail_params = [f"t.{quote(meta.pk.column)} = v.column1"], []
+    for name, value in (where or {}).items():
+        field = meta.get_field(name)
+        conditions.append(f"t.{quote(field.column)} = %s")
+        tail_params.append(field.get_db_prep_value(value, connection))
+    blank = {name: 0 if op == "add" else None for name, op in ops.items()}
+    items = list(rows.items())
+    per_statement = max(1, 30_000 // (len(columns) + 1))  # SQLite's limit of parameters
+    updated = 0
+    with connection.cursor() as cursor:
+        for start in range(0, len(items), per_statement):
+            chunk = items[start : start + per_statement]
+            params = list(head_params)
+            for pk, values in chunk:
+                params.append(pk)
+                for name, field in columns:
+                    value = values.get(name, blank[name])
+                    if value is not None and not postgres:  # psycopg takes Python values
+                        value = field.get_db_prep_save(value, connection)
+                    params.append(value)
+            row_sql = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
+            cursor.execute(
+                f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
+                f"FROM (VALUES {', '.join([row_sql] * len(chunk))}) AS v "
+                f"WHERE {' AND '.join(conditions)}",
+                [*params, *tail_params],
+            )
+            updated += cursor.rowcount
+    return updated

@@ -18,7 +18,6 @@ from tracking import tokens
 from tracking.buffer import event_submit
 from tracking.events import InboundEvent, dedupe_key
 from tracking.models import TrackingEvent
-from tracking.selectors import is_machine_agent
 from tracking.services import event_record
 
 E = TrackingEvent.Type
@@ -30,13 +29,13 @@ def _user_agent(request: HttpRequest) -> str:
     return request.headers.get("User-Agent", "")[:500]
 
 
-@never_cache
 @require_http_methods(["GET", "HEAD"])
 def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
-    """Always a 1x1 GIF, whatever the token: a broken image would tell a forger something."""
+    """Always a 1x1 GIF, whatever the token: a broken image would tell a forger something.
+    The event carries the user agent as it came; whether it was a scanner is decided when it
+    is recorded (tracking.buffer)."""
     message_pk = tokens.read_token(tokens.OPEN, token)
     if message_pk is not None:
-        user_agent = _user_agent(request)
         event_submit(
             InboundEvent(
                 type=E.OPENED,
@@ -44,14 +43,19 @@ def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
                 occurred_at=timezone.now(),
                 dedupe_key=f"pixel:{uuid.uuid4().hex}",
                 message_pk=message_pk,
-                user_agent=user_agent,
-                is_machine=request.method == "HEAD" or is_machine_agent(user_agent),
+                user_agent=_user_agent(request),
+                is_machine=request.method == "HEAD",
             )
         )
     response = HttpResponse(GIF, content_type="image/gif")
-    response["Cache-Control"] = "no-store, no-cache, must-revalidate, max-age=0"
+    # never_cache's headers, written out: patching them in costs more than the rest of the view.
+    response["Cache-Control"] = NEVER_CACHE
+    response["Expires"] = "Thu, 01 Jan 1970 00:00:00 GMT"
     response["Pragma"] = "no-cache"
     return response
+
+
+NEVER_CACHE = "max-age=0, no-cache, no-store, must-revalidate, private"
 
 
 @never_cache
@@ -61,7 +65,6 @@ def click_redirect(request: HttpRequest, token: str) -> HttpResponse:
     target = tokens.read_click_token(token)
     if target is None:
         raise Http404("This link is not valid.")
-    user_agent = _user_agent(request)
     event_submit(
         InboundEvent(
             type=E.CLICKED,
@@ -70,8 +73,8 @@ def click_redirect(request: HttpRequest, token: str) -> HttpResponse:
             dedupe_key=f"click:{uuid.uuid4().hex}",
             message_pk=target.message_id,
             url=target.url,
-            user_agent=user_agent,
-            is_machine=request.method == "HEAD" or is_machine_agent(user_agent),
+            user_agent=_user_agent(request),
+            is_machine=request.method == "HEAD",
         )
     )
     return HttpResponseRedirect(target.url)

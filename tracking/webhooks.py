@@ -4,8 +4,9 @@ django-anymail parses every ESP's webhooks, checks the shared secret (HTTP basic
 ANYMAIL["WEBHOOK_SECRET"]) and each ESP's own signature, and sends its `tracking` and
 `inbound` signals with one normalised event shape. The receivers here turn those into our own
 `InboundEvent` and hand them, as JSON-safe dicts, to a django-q2 task that calls
-`tracking.services.event_record`, the one place where events are matched, deduplicated and
-applied. A receiver does no database work of its own, so the ESP gets its answer at once.
+`tracking.services.events_apply`, where events are matched, deduplicated and applied, a batch
+at a time, as `event_record` applies one. A receiver does no database work of its own, so the
+ESP gets its answer at once.
 
 `LEADCENTER_WEBHOOKS_SYNC` applies events in the request instead (tests, small installs).
 
@@ -51,9 +52,9 @@ from django.views.decorators.csrf import csrf_exempt
 from campaigns.models import Message
 from tracking import tokens
 from tracking.classification import parse_smtp_reply
-from tracking.events import InboundEvent, dedupe_key
+from tracking.events import InboundEvent, dedupe_key, event_as_dict
 from tracking.models import TrackingEvent
-from tracking.services import event_record
+from tracking.services import event_record, events_apply
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ TASK = "tracking.webhooks.webhook_event_apply"
 BATCH_TASK = "tracking.webhooks.webhook_events_apply"
 # Stored payloads are for a person reading the history; a reply's attachments are not.
 RAW_LIMIT = 256_000
-# Events applied per transaction by the task (see webhook_events_apply).
-CHUNK = 100
+# Events applied per transaction by the task (see webhook_events_apply): set-wise, a chunk
+# costs a handful of statements and holds its messages' row locks for a fraction of a second.
+CHUNK = 500
 
 # anymail's event types -> ours. A bounce, rejection or failure is "bounced" and permanent:
 # tracking.classification decides hard or soft from the reply and the ESP's fields, because
@@ -385,14 +387,18 @@ _batch: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.Contex
 
 def event_payload(event: InboundEvent) -> dict[str, Any]:
     """An InboundEvent as a JSON-safe dict, for the task queue."""
-    payload = dataclasses.asdict(event)
+    payload = event_as_dict(event)
     for name, value in payload.items():
         if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
             payload[name] = value.replace("\x00", "")
-    payload["occurred_at"] = event.occurred_at.isoformat()
     payload["header_message_ids"] = [i.replace("\x00", "") for i in event.header_message_ids]
-    payload["esp_fields"] = json.loads(json.dumps(event.esp_fields, default=str))
+    if not all(isinstance(v, _JSON_SCALARS) for v in event.esp_fields.values()):
+        # esp_fields() keeps scalars only; anything else is made JSON-safe the slow way.
+        payload["esp_fields"] = json.loads(json.dumps(event.esp_fields, default=str))
     return payload
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def event_from_payload(payload: Mapping[str, Any]) -> InboundEvent:
@@ -458,13 +464,36 @@ def webhook_events_apply(payloads: list[dict[str, Any]]) -> list[str]:
     "changed", "recorded", "duplicate" or "error". An event that fails is kept as an
     "unknown" event with its payload and the error, and the others still apply.
 
-    Events are applied CHUNK at a time in one transaction, each in its own savepoint: one
-    commit per chunk instead of one per event, row locks held for a fraction of a second."""
+    Events are applied CHUNK at a time in one transaction, set-wise
+    (tracking.services.events_apply: a handful of statements per chunk). A chunk that fails
+    as a whole is applied again one event at a time, each in its own savepoint, to find the
+    event that fails and keep the others."""
     outcomes: list[str] = []
     for start in range(0, len(payloads), CHUNK):
-        with transaction.atomic():
-            outcomes += _apply_chunk(payloads[start : start + CHUNK])
+        chunk = payloads[start : start + CHUNK]
+        try:
+            with transaction.atomic():
+                outcomes += _apply_batch(chunk)
+        except Exception:
+            logger.warning("a batch of webhook events failed; applying them one by one",
+                           exc_info=True)  # fmt: skip
+            with transaction.atomic():
+                outcomes += _apply_chunk(chunk)
     return outcomes
+
+
+def _apply_batch(payloads: list[dict[str, Any]]) -> list[str]:
+    events: list[InboundEvent] = []
+    errors: set[int] = set()
+    for n, payload in enumerate(payloads):
+        try:
+            events.append(event_from_payload(payload))
+        except Exception as exc:
+            logger.exception("webhook event %s failed", payload.get("dedupe_key", ""))
+            events.append(_failed(payload, exc))
+            errors.add(n)
+    outcomes = events_apply(events)
+    return ["error" if n in errors else outcome for n, outcome in enumerate(outcomes)]
 
 
 def _apply_chunk(payloads: list[dict[str, Any]]) -> list[str]:

@@ -823,3 +823,9 @@ def test_a_dated_summary_of_one_owner_counts_that_owners_contacts(superuser_clie
     assert truth["recipients"] == 6 and truth["filtered"] == 0
     for url, label, expected in figure_links(response.content.decode()):
         assert listed(superuser_client, url) == expected, label
+
+
+def test_the_summary_says_open_tracking_is_not_reliable(superuser_client, scenario):
+    response = superuser_client.get(summary_url(scenario.campaign))
+
+    assert b"Open tracking is not reliable" in response.content

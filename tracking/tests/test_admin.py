@@ -164,3 +164,34 @@ def test_the_bounce_mailbox_password_is_never_shown_back(superuser_client):
 
     assert page.status_code == 200
     assert b"pop-s3cret-pw" not in page.content
+
+
+def test_contacts_with_three_soft_bounces_in_30_days_are_listed_for_review(superuser_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from contacts.models import Contact
+    from leadcenter.factories import MessageFactory
+    from tracking.models import Rejection
+
+    def soft_bounces(message, n: int, days_ago: int = 1) -> None:
+        for _ in range(n):
+            rejection = Rejection.objects.create(
+                message=message, kind="soft", category="mailbox_full", source="dsn"
+            )
+            Rejection.objects.filter(pk=rejection.pk).update(
+                created=timezone.now() - timedelta(days=days_ago)
+            )
+
+    flagged, twice, long_ago = MessageFactory(), MessageFactory(), MessageFactory()
+    soft_bounces(flagged, 3)
+    soft_bounces(twice, 2)
+    soft_bounces(long_ago, 3, days_ago=40)
+
+    page = superuser_client.get("/admin/contacts/contact/?soft_bounces=review")
+
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list) == [flagged.recipient.contact]
+    # Flagged for a person, not marked invalid.
+    assert flagged.recipient.contact.email_status == Contact.EmailStatus.VALID

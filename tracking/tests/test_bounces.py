@@ -633,3 +633,43 @@ def test_a_bounce_for_an_address_we_never_emailed_is_kept_unmatched(send, bounce
     assert event.message is None
     assert event.email == "stranger@example.org"
     assert not Suppression.objects.exists()
+
+
+@pytest.mark.django_db
+def test_files_recorded_in_batches_end_as_one_message_at_a_time(send, bounce_for):
+    names = [p.name for p in sorted(FIXTURES.glob("*.eml"))]
+
+    def world(tag: str, batch: int):
+        addresses = [f"{tag}{n}@example.net" for n in range(len(names))]
+        messages = send(*addresses)
+        raws = [
+            # A Message-ID of each world's own, first: the bounce's identity (its dedupe key).
+            b"Message-ID: <%s.%d@mta.example.net>\n" % (tag.encode(), n) + bounce_for(name, message)
+            for n, (name, message) in enumerate(zip(names, messages, strict=True))
+        ]
+        report = bounces_process(messages=[*raws, raws[0]], batch=batch)
+        state = []
+        for message in messages:
+            message = Message.objects.select_related("recipient__contact").get(pk=message.pk)
+            contact = message.recipient.contact
+            state.append(
+                (
+                    message.status,
+                    message.recipient.status,
+                    contact.email_status,
+                    contact.invalid_reason.replace(contact.email, "<address>"),
+                    sorted(Suppression.objects.filter(email=contact.email).values_list("reason")),
+                    sorted(message.events.values_list("type", "source", "to_status")),
+                    sorted(message.rejections.values_list("kind", "category")),
+                )
+            )
+        return report, state
+
+    one_at_a_time = world("one", batch=1)
+    in_batches = world("many", batch=5)
+
+    assert in_batches == one_at_a_time
+    report, _state = in_batches
+    assert report.messages == len(names) + 1
+    assert report.duplicates >= 1
+    assert report.bounced_hard >= 5

@@ -223,3 +223,142 @@ def test_a_batch_of_opens_and_clicks_ends_as_recording_them_one_by_one():
 
     assert _state(one) == _state(many)
     assert _state(many)[:3] == (S.CLICKED, 4, 2)
+
+
+# --- batches: events_apply ---------------------------------------------------------------------
+
+SOFT = {"smtp_code": 452, "smtp_status": "4.2.2", "diagnostic": "452 4.2.2 mailbox full"}
+# Per message: (event type, minutes after the first, extra fields). Together they cover every
+# branch of event_record: engagement moving a message forward, a machine open, a bounce after
+# delivery, a hard bounce proved wrong by a later open, a deferral, a soft permanent failure,
+# a complaint, an unsubscribe from everything, a late "sent".
+SCRIPT: dict[str, list[tuple[str, int, dict]]] = {
+    "engaged": [
+        (E.DELIVERED, 1, {}),
+        (E.OPENED, 2, {"user_agent": "Mozilla/5.0"}),
+        (E.OPENED, 3, {"user_agent": "Barracuda", "is_machine": True}),
+        (E.CLICKED, 4, {"url": "https://example.com/a"}),
+        (E.BOUNCED, 5, HARD),
+        (E.SENT, 6, {}),
+    ],
+    "dead": [(E.BOUNCED, 1, HARD), (E.OPENED, 2, {})],  # the open proves the bounce wrong
+    "dead_for_good": [(E.DEFERRED, 1, {**SOFT, "permanent": False}), (E.BOUNCED, 2, HARD)],
+    "full": [(E.BOUNCED, 1, SOFT), (E.COMPLAINED, 2, {})],
+    "leaving": [(E.DELIVERED, 1, {}), (E.UNSUBSCRIBED, 2, {})],
+    "revived": [(E.OPENED, 3, {})],  # hard-bounced before the batch (see _script_messages)
+}
+
+
+def _script_events(messages: dict[str, Message], tag: str, base) -> list[InboundEvent]:
+    events = [
+        InboundEvent(
+            type=kind,
+            source="webhook:test",
+            occurred_at=base + timedelta(minutes=minutes),
+            dedupe_key=f"{tag}:{name}:{n}",
+            message_pk=messages[name].pk,
+            **fields,
+        )
+        for name, script in SCRIPT.items()
+        for n, (kind, minutes, fields) in enumerate(script)
+    ]
+    unmatched = InboundEvent(
+        type=E.BOUNCED,
+        source="dsn",
+        occurred_at=base,
+        dedupe_key=f"{tag}:unmatched",
+        recipient=f"nobody-{tag}@example.test",
+    )
+    return [*events, unmatched]
+
+
+def _world_state(messages: dict[str, Message]) -> dict:
+    """Everything the events changed, without ids or addresses, per message of the script."""
+    state = {}
+    for name, message in messages.items():
+        message = Message.objects.select_related("recipient__contact").get(pk=message.pk)
+        recipient, contact = message.recipient, message.recipient.contact
+        suppressions = Suppression.objects.filter(email=contact.email.lower())
+        state[name] = (
+            message.status,
+            message.open_count,
+            message.click_count,
+            [getattr(message, f) for f in ("sent_at", "delivered_at", "opened_at", "clicked_at",
+                                           "complained_at", "status_changed_at")],
+            [getattr(recipient, f) for f in ("status", "delivered_at", "opened_at", "clicked_at",
+                                             "complained_at", "bounced_at", "last_action_at")],
+            (contact.email_status, contact.invalid_reason, bool(contact.unsubscribed_at)),
+            sorted((s.reason, s.lifted_at is None, s.lift_reason) for s in suppressions),
+            sorted((r.kind, r.category) for r in Rejection.objects.filter(message=message)),
+            sorted(
+                (e.type, e.occurred_at, e.from_status, e.to_status, e.is_machine)
+                for e in message.events.filter(source="webhook:test")
+            ),
+        )  # fmt: skip
+    return state
+
+
+def _script_messages(sent_at) -> dict[str, Message]:
+    messages = {name: sent_message() for name in SCRIPT}
+    Message.objects.filter(pk__in=[m.pk for m in messages.values()]).update(sent_at=sent_at)
+    revived = messages["revived"]
+    event_record(
+        InboundEvent(
+            type=E.BOUNCED,
+            source="dsn",
+            occurred_at=sent_at,
+            dedupe_key=f"dsn:{revived.pk}",
+            message_pk=revived.pk,
+            **HARD,
+        )
+    )
+    assert Contact.objects.get(recipients__messages=revived).email_status == "invalid"
+    return messages
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_batch_ends_as_recording_its_events_one_by_one_in_any_order_and_replayed(seed):
+    import random
+
+    from tracking.services import events_apply
+
+    base = timezone.now() - timedelta(minutes=30)
+    one_by_one = _script_messages(base - timedelta(hours=1))
+    for e in sorted(_script_events(one_by_one, "one", base), key=lambda e: e.occurred_at):
+        event_record(e)
+
+    in_a_batch = _script_messages(base - timedelta(hours=1))
+    batch = _script_events(in_a_batch, "batch", base)
+    random.Random(seed).shuffle(batch)
+    outcomes = events_apply(batch)
+
+    assert _world_state(in_a_batch) == _world_state(one_by_one)
+    assert set(outcomes) <= {"changed", "recorded"}
+    assert TrackingEvent.objects.get(dedupe_key="batch:unmatched").message_id is None
+
+    # Replayed, whole or shuffled again: every event a duplicate, nothing changes.
+    before = _world_state(in_a_batch)
+    random.Random(seed + 10).shuffle(batch)
+    assert events_apply(batch) == ["duplicate"] * len(batch)
+    assert events_apply([*batch[:3], *batch[:3]]) == ["duplicate"] * 6
+    assert _world_state(in_a_batch) == before
+
+
+def test_a_batch_reports_which_events_moved_their_message():
+    from tracking.services import events_apply
+
+    message = sent_message()
+    delivered, opened, late = (
+        event(E.DELIVERED, message, 1),
+        event(E.OPENED, message, 2),
+        event(E.SENT, message, 3),
+    )
+
+    assert events_apply([opened, delivered, late, opened]) == [
+        "changed",  # delivered (earlier) moved it first, then the open
+        "changed",
+        "recorded",  # a late "sent" moves nothing back
+        "duplicate",  # the same event twice in one batch
+    ]
+    message.refresh_from_db()
+    assert message.status == S.OPENED

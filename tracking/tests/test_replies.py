@@ -310,3 +310,28 @@ def test_a_reply_with_nul_bytes_in_its_body_is_stored(first_step):
 
     stored = TrackingEvent.objects.get(type=E.REPLIED)
     assert "see attached" in stored.raw and "\x00" not in stored.raw
+
+
+def test_a_reply_that_reaches_the_bounce_mailbox_marks_the_message_replied(first_step, internet):
+    from tracking.bounces import bounces_process
+
+    raw = reply_bytes(first_step.message_id)
+
+    report = bounces_process(messages=[raw])
+
+    assert (report.replies, report.unknown) == (1, 0)
+    assert Message.objects.get().status == S.REPLIED
+    assert follow_up_due_now(internet) == ["Hello Ada"]
+    # Read again, or through the ESP's inbound webhook: recorded once.
+    inbound(raw)
+    assert bounces_process(messages=[raw]).duplicates == 1
+    assert TrackingEvent.objects.filter(type=E.REPLIED).count() == 1
+
+
+def test_mail_in_the_bounce_mailbox_that_answers_nothing_of_ours_stays_unknown(first_step):
+    from tracking.bounces import bounces_process
+
+    report = bounces_process(messages=[reply_bytes("<their-own-thread@example.test>")])
+
+    assert (report.replies, report.unknown) == (0, 1)
+    assert Message.objects.get().status == S.SENT

@@ -38,7 +38,9 @@ class Command(BaseCommand):
         report = bounces.BounceReport()
         try:
             if files:
-                bounces.bounces_process(messages=self._files(files), report=report)
+                bounces.bounces_process(
+                    messages=self._files(files), report=report, batch=bounces.FILE_BATCH
+                )
             if maildir:
                 source = bounces.maildir_messages(maildir, delete=options["delete"])
                 self._process(source, report)
