@@ -30,14 +30,15 @@ class RenderError(Exception):
 
 @dataclass
 class TemplateCache:
-    """Compiled step templates, kept for a batch so each is parsed once."""
+    """Compiled step templates, kept for a dispatch pass so each is parsed once. The source
+    is part of the key: a step edited meanwhile is compiled again."""
 
-    _compiled: dict[tuple[int, str], Template] = field(default_factory=dict)
+    _compiled: dict[tuple[int, str, str], Template] = field(default_factory=dict)
 
     def get(self, step: CampaignStep, part: str) -> Template:
-        key = (step.pk, part)
+        source = getattr(step, part)
+        key = (step.pk, part, source)
         if key not in self._compiled:
-            source = getattr(step, part)
             if part != "html_body":
                 # Subjects and text bodies are not HTML: no escaping of "&" or quotes.
                 source = "{% autoescape off %}" + source + "{% endautoescape %}"
