@@ -413,11 +413,11 @@ def messages_claim(
             )
             .order_by("next_attempt_at", "pk")
             .select_for_update(skip_locked=True, of=("self",))
-            .values_list("pk", "status")[:limit]
+            .values_list("pk", "status", "run__status")[:limit]
         )
         claimed: list[int] = []
         for from_status in Message.DUE_STATUSES:
-            ids = [pk for pk, status in due if status == from_status]
+            ids = [pk for pk, status, _run_status in due if status == from_status]
             claimed += messages_transition(
                 message_ids=ids,
                 from_status=from_status,
@@ -427,7 +427,7 @@ def messages_claim(
                 occurred_at=now,
                 fields={"claimed_at": now, "attempts": F("attempts") + 1},
             )
-        if claimed:
+        if claimed and any(run_status == RunStatus.WAITING for _, _, run_status in due):
             CampaignRun.objects.filter(status=RunStatus.WAITING, messages__pk__in=claimed).update(
                 status=RunStatus.RUNNING
             )

@@ -467,17 +467,19 @@ def _events_insert(
 
 def _values_list(connection, columns, rows) -> tuple[str, list[Any]]:
     """The rows as SQL VALUES and their parameters, each value prepared for its field.
-    PostgreSQL gets each value cast to its column's type (a NULL or a quoted literal in VALUES
-    would be text); SQLite, which has no column types to meet, gets the values as they are."""
+    On PostgreSQL the first row casts each value to its column's type, which types the whole
+    column (a NULL or a quoted literal alone would be text); the other rows stay bare, so the
+    statement is the same short text for every batch of a size and psycopg parses it once.
+    SQLite, which has no column types to meet, gets the values as they are."""
     fields = [field for _, field in columns]
+    plain = "(" + ", ".join("%s" for _ in fields) + ")"
+    first = plain
     if connection.vendor == "postgresql":
-        slots = ", ".join(f"CAST(%s AS {field.cast_db_type(connection)})" for field in fields)
-    else:
-        slots = ", ".join("%s" for _ in fields)
+        first = "(" + ", ".join(f"CAST(%s AS {f.cast_db_type(connection)})" for f in fields) + ")"
     sql: list[str] = []
     params: list[Any] = []
     for row in rows:
-        sql.append(f"({slots})")
+        sql.append(plain if sql else first)
         params += [_prepare(f, v, connection) for f, v in zip(fields, row, strict=True)]
     return ", ".join(sql), params
 
