@@ -336,7 +336,7 @@ def messages_record_accepted(
             sets += [f"{quote(field.column)} = v.{name}" for name, field in columns[2:]]
             with connection.cursor() as cursor:
                 cursor.execute(
-                    f"WITH v ({', '.join(name for name, _ in columns)}) AS (VALUES {values}) "
+                    f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
                     f"UPDATE {table} SET {', '.join(sets)} FROM v "
                     f"WHERE {table}.id = v.id AND {table}.status = %s RETURNING {table}.id",
                     [*params, status, from_status],
@@ -410,7 +410,7 @@ def _recipients_update(connection, accepted: list[Accepted], event_type: str) ->
         sets += [f"{field.column} = v.{name}" for name, field in columns[2:]]
         with connection.cursor() as cursor:
             cursor.execute(
-                f"WITH v ({', '.join(name for name, _ in columns)}) AS (VALUES {values}) "
+                f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
                 f"UPDATE {table} SET {', '.join(sets)} FROM v WHERE {table}.id = v.id",
                 params,
             )
@@ -458,7 +458,7 @@ def _events_insert(
         select.append(f"CAST(%s AS {field.cast_db_type(connection)})" if cast else "%s")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH v ({', '.join(per_row)}) AS (VALUES {values}) "
+            f"WITH v ({', '.join(per_row)}) AS ({values}) "
             f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) "
             f"SELECT {', '.join(select)} FROM v",
             params,
@@ -466,22 +466,26 @@ def _events_insert(
 
 
 def _values_list(connection, columns, rows) -> tuple[str, list[Any]]:
-    """The rows as SQL VALUES and their parameters, each value prepared for its field.
-    On PostgreSQL the first row casts each value to its column's type, which types the whole
-    column (a NULL or a quoted literal alone would be text); the other rows stay bare, so the
-    statement is the same short text for every batch of a size and psycopg parses it once.
-    SQLite, which has no column types to meet, gets the values as they are."""
+    """A query of the rows, for a WITH clause, and its parameters, each value prepared for
+    its field. PostgreSQL gets one array per column, cast to the column's type, unnested: one
+    parameter per column keeps the statement's text the same whatever the batch size, so
+    psycopg parses it once (it parses a statement of more than 50 parameters at every
+    execution). SQLite gets VALUES, the values as they are (it has no column types to meet)."""
     fields = [field for _, field in columns]
-    plain = "(" + ", ".join("%s" for _ in fields) + ")"
-    first = plain
     if connection.vendor == "postgresql":
-        first = "(" + ", ".join(f"CAST(%s AS {f.cast_db_type(connection)})" for f in fields) + ")"
+        arrays: list[list[Any]] = [[] for _ in fields]
+        for row in rows:
+            for array, field, value in zip(arrays, fields, row, strict=True):
+                array.append(_prepare(field, value, connection))
+        casts = ", ".join(f"CAST(%s AS {f.cast_db_type(connection)}[])" for f in fields)
+        return f"SELECT * FROM unnest({casts})", arrays
+    slots = "(" + ", ".join("%s" for _ in fields) + ")"
     sql: list[str] = []
     params: list[Any] = []
     for row in rows:
-        sql.append(plain if sql else first)
+        sql.append(slots)
         params += [_prepare(f, v, connection) for f, v in zip(fields, row, strict=True)]
-    return ", ".join(sql), params
+    return "VALUES " + ", ".join(sql), params
 
 
 def _prepare(field, value: Any, connection) -> Any:
