@@ -4,6 +4,7 @@ open pixel and rewritten links."""
 from __future__ import annotations
 
 import binascii
+import html
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from django.template import Context, Engine, Template
 from django.template.base import TextNode, Variable, VariableNode
 from django.template.defaulttags import AutoEscapeControlNode
 from django.utils import timezone
-from django.utils.html import conditional_escape
 
 from campaigns.models import CampaignStep, SendingAccount
 from tracking import tokens
@@ -128,7 +128,10 @@ def _render_plan(plan: list, context: dict) -> str | None:
             value = value.__dict__.get(bit, _MISSING) if bit in fields else _MISSING
         if not isinstance(value, str):
             return None
-        out.append(conditional_escape(value) if escape else value)
+        if escape:
+            # conditional_escape(), without its lazy-string wrapper: the same text.
+            value = value.__html__() if hasattr(value, "__html__") else html.escape(value)
+        out.append(value)
     return "".join(out)
 
 

@@ -133,7 +133,12 @@ class ClickTarget:
 
 def make_click_token(message_id: int, url: str) -> str:
     """The click token carries its target URL, signed together with the message."""
-    return f"{make_token(CLICK, message_id, url)}.{_b64(url.encode())}"
+    return f"{make_token(CLICK, message_id, url)}.{_b64_url(url)}"
+
+
+@lru_cache(maxsize=1024)  # a campaign's links are the same in every email
+def _b64_url(url: str) -> str:
+    return _b64(url.encode())
 
 
 def read_click_token(token: str) -> ClickTarget | None:
