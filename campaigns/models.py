@@ -348,9 +348,11 @@ class Message(models.Model):
             models.UniqueConstraint(fields=["message_id"], name="message_message_id_unique"),
         ]
         indexes = [
-            # The dispatcher's poll: due messages per account, oldest first.
+            # The dispatcher's poll: due messages per account, oldest first. With the id, the
+            # index has the claim's exact order (next_attempt_at, id): a claim reads its batch
+            # off the index instead of sorting every due message of the account.
             models.Index(
-                fields=["account", "next_attempt_at"],
+                fields=["account", "next_attempt_at", "id"],
                 condition=Q(status__in=["queued", "soft_bounced"]),
                 name="message_due",
             ),
