@@ -404,6 +404,8 @@ def messages_claim(
     """Claim up to `limit` due messages of the account for this worker, committed before any
     SMTP call (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite serialises write transactions)."""
     with transaction.atomic():
+        # The rows come with their recipient and contact, which the send needs: the claim
+        # below changes only what is set on them again after it, so no second read.
         due = list(
             Message.objects.filter(
                 account=account,
@@ -411,33 +413,40 @@ def messages_claim(
                 next_attempt_at__lte=due_by or now,
                 run__status__in=SENDING_RUNS,
             )
+            .select_related("recipient__contact")
             .order_by("next_attempt_at", "pk")
-            .select_for_update(skip_locked=True, of=("self",))
-            .values_list("pk", "status", "run__status")[:limit]
+            .select_for_update(skip_locked=True, of=("self",))[:limit]
         )
-        claimed: list[int] = []
+        if not due:
+            return []
+        # Steps and runs are few per batch: one instance each, shared by the batch's messages.
+        steps = CampaignStep.objects.in_bulk({m.step_id for m in due})
+        runs = CampaignRun.objects.select_related("campaign").in_bulk({m.run_id for m in due})
+        claimed: set[int] = set()
         for from_status in Message.DUE_STATUSES:
-            ids = [pk for pk, status, _run_status in due if status == from_status]
-            claimed += messages_transition(
-                message_ids=ids,
-                from_status=from_status,
-                status=S.SENDING,
-                event_type=E.CLAIMED,
-                source=TrackingEvent.Source.SYSTEM,
-                occurred_at=now,
-                fields={"claimed_at": now, "attempts": F("attempts") + 1},
+            ids = [m.pk for m in due if m.status == from_status]
+            claimed.update(
+                messages_transition(
+                    message_ids=ids,
+                    from_status=from_status,
+                    status=S.SENDING,
+                    event_type=E.CLAIMED,
+                    source=TrackingEvent.Source.SYSTEM,
+                    occurred_at=now,
+                    fields={"claimed_at": now, "attempts": F("attempts") + 1},
+                )
             )
-        if claimed and any(run_status == RunStatus.WAITING for _, _, run_status in due):
+        waiting = [pk for pk, run in runs.items() if run.status == RunStatus.WAITING]
+        if claimed and waiting:
             CampaignRun.objects.filter(status=RunStatus.WAITING, messages__pk__in=claimed).update(
                 status=RunStatus.RUNNING
             )
-    messages = list(
-        Message.objects.filter(pk__in=claimed).select_related("recipient__contact").order_by("pk")
-    )
-    # Steps and runs are few per batch: one instance each, shared by the batch's messages.
-    steps = CampaignStep.objects.in_bulk({m.step_id for m in messages})
-    runs = CampaignRun.objects.select_related("campaign").in_bulk({m.run_id for m in messages})
+    messages = sorted((m for m in due if m.pk in claimed), key=lambda m: m.pk)
     for message in messages:
+        # What messages_transition wrote.
+        message.status = S.SENDING
+        message.status_changed_at = message.claimed_at = now
+        message.attempts += 1
         message.step = steps[message.step_id]
         message.run = runs[message.run_id]
     return messages
