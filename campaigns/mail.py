@@ -4,6 +4,7 @@ open pixel and rewritten links."""
 from __future__ import annotations
 
 import binascii
+import html
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -11,7 +12,10 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 
 from django.conf import settings
+from django.db.models import Model
 from django.template import Context, Engine, Template
+from django.template.base import TextNode, Variable, VariableNode
+from django.template.defaulttags import AutoEscapeControlNode
 from django.utils import timezone
 
 from campaigns.models import CampaignStep, SendingAccount
@@ -30,14 +34,16 @@ class RenderError(Exception):
 
 @dataclass
 class TemplateCache:
-    """Compiled step templates, kept for a batch so each is parsed once."""
+    """Compiled step templates, kept for a dispatch pass so each is parsed once. The source
+    is part of the key: a step edited meanwhile is compiled again."""
 
-    _compiled: dict[tuple[int, str], Template] = field(default_factory=dict)
+    _compiled: dict[tuple[int, str, str], Template] = field(default_factory=dict)
+    _plans: dict[tuple[int, str, str], list | None] = field(default_factory=dict)
 
     def get(self, step: CampaignStep, part: str) -> Template:
-        key = (step.pk, part)
+        source = getattr(step, part)
+        key = (step.pk, part, source)
         if key not in self._compiled:
-            source = getattr(step, part)
             if part != "html_body":
                 # Subjects and text bodies are not HTML: no escaping of "&" or quotes.
                 source = "{% autoescape off %}" + source + "{% endautoescape %}"
@@ -45,7 +51,88 @@ class TemplateCache:
                 self._compiled[key] = _ENGINE.from_string(source)
             except Exception as exc:  # TemplateSyntaxError and friends
                 raise RenderError(f"step {step.position} {part}: {exc}") from exc
+            self._plans[key] = _plan(self._compiled[key])
         return self._compiled[key]
+
+    def render(self, step: CampaignStep, part: str, context: dict) -> str:
+        """The part rendered with `context`, as `get(...).render(Context(context))` renders
+        it. A template made only of text and plain variables (what mail merges mostly are) is
+        rendered from its pieces, without a Context and a node walk per email."""
+        template = self.get(step, part)
+        plan = self._plans[(step.pk, part, getattr(step, part))]
+        if plan is not None:
+            rendered = _render_plan(plan, context)
+            if rendered is not None:
+                return rendered
+        return template.render(Context(context))
+
+
+# Model -> names of its plain (concrete, non-relation) fields, which a template reads as
+# attributes without side effects.
+_PLAIN_FIELDS: dict[type, frozenset[str]] = {}
+_MISSING = object()
+
+
+def _plan(template: Template) -> list | None:
+    """The template as pieces: literal strings and (lookups, escape) for plain variables; None
+    when it has anything else (a tag, a filter, a literal, a translation)."""
+    nodes = list(template.nodelist)
+    escape = template.engine.autoescape
+    if len(nodes) == 1 and type(nodes[0]) is AutoEscapeControlNode:
+        escape = nodes[0].setting
+        nodes = list(nodes[0].nodelist)
+    pieces: list = []
+    for node in nodes:
+        if type(node) is TextNode:
+            pieces.append(node.s)
+            continue
+        if type(node) is not VariableNode:
+            return None
+        expression = node.filter_expression
+        variable = expression.var
+        if (
+            expression.filters
+            or not isinstance(variable, Variable)
+            or not variable.lookups
+            or variable.translate
+        ):
+            return None
+        pieces.append((variable.lookups, escape))
+    return pieces
+
+
+def _render_plan(plan: list, context: dict) -> str | None:
+    """The pieces rendered as Django would render them, or None when a variable is not a
+    plain string reached through plain model fields (then Django renders the template: it
+    knows about callables, missing values, numbers, dates and localisation)."""
+    out: list[str] = []
+    for piece in plan:
+        if type(piece) is str:
+            out.append(piece)
+            continue
+        lookups, escape = piece
+        value = context.get(lookups[0], _MISSING)
+        for bit in lookups[1:]:
+            if not isinstance(value, Model) or callable(value):
+                return None
+            fields = _PLAIN_FIELDS.get(type(value))
+            if fields is None:
+                # Django tries value[bit] before the attribute: only for models without it.
+                fields = _PLAIN_FIELDS[type(value)] = frozenset(
+                    ()
+                    if hasattr(type(value), "__getitem__")
+                    else (f.attname for f in value._meta.concrete_fields if not f.is_relation)
+                )
+            # A loaded field's value is in the instance's __dict__ (a deferred one is not:
+            # reading it would query, so Django does that).
+            value = value.__dict__.get(bit, _MISSING) if bit in fields else _MISSING
+        if not isinstance(value, str):
+            return None
+        if escape:
+            # conditional_escape(), without its lazy-string wrapper: the same text.
+            value = value.__html__() if hasattr(value, "__html__") else html.escape(value)
+        out.append(value)
+    return "".join(out)
 
 
 def tracking_url(kind: str, token: str) -> str:
@@ -144,9 +231,9 @@ def compose(
     unsubscribe = unsubscribe_url(message_pk)
     context = {"contact": contact, "unsubscribe_url": unsubscribe, "step": step}
     try:
-        subject = cache.get(step, "subject").render(Context(context)).strip()
-        text = cache.get(step, "text_body").render(Context(context))
-        html = cache.get(step, "html_body").render(Context(context))
+        subject = cache.render(step, "subject", context).strip()
+        text = cache.render(step, "text_body", context)
+        html = cache.render(step, "html_body", context)
     except RenderError:
         raise
     except Exception as exc:  # a template tag failing at render time

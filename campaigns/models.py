@@ -206,9 +206,13 @@ class Recipient(models.Model):
         DUPLICATE = "duplicate", "Duplicate address in this run"
         NO_EMAIL_SELECTED = "no_email_selected", "Opted out of this topic"
 
-    run = models.ForeignKey(CampaignRun, on_delete=models.CASCADE, related_name="recipients")
+    # No single-column indexes on run and contact: the unique (run, contact) and
+    # recipient_contact (contact, run) lead with them, and every index costs on each write.
+    run = models.ForeignKey(
+        CampaignRun, on_delete=models.CASCADE, related_name="recipients", db_index=False
+    )
     contact = models.ForeignKey(
-        "contacts.Contact", on_delete=models.CASCADE, related_name="recipients"
+        "contacts.Contact", on_delete=models.CASCADE, related_name="recipients", db_index=False
     )
     email = models.CharField(
         max_length=254, blank=True, help_text="The address when the run began."
@@ -289,15 +293,29 @@ class Message(models.Model):
     # Waiting for a worker: the dispatcher's queue.
     DUE_STATUSES = (Status.QUEUED, Status.SOFT_BOUNCED)
 
-    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="messages")
+    # recipient, run and account have no single-column index of their own: the indexes below
+    # lead with them (message_recipient_step, message_run_status, message_account_claimed).
+    # A status change rewrites an entry in every index of this table, twice per email sent.
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
     # Denormalised from the recipient so the Sent emails list and the dispatcher filter by run
     # without a join.
-    run = models.ForeignKey(CampaignRun, on_delete=models.CASCADE, related_name="messages")
+    run = models.ForeignKey(
+        CampaignRun, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
     step = models.ForeignKey(CampaignStep, on_delete=models.PROTECT, related_name="messages")
     account = models.ForeignKey(
-        SendingAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
+        SendingAccount,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="messages",
+        db_index=False,
     )
-    message_id = models.CharField("Message-ID", max_length=255, unique=True)
+    # Unique through Meta.constraints: a unique=True CharField also gets a LIKE-pattern index on
+    # PostgreSQL, which nothing here uses (the admin's search is a case-insensitive contains).
+    message_id = models.CharField("Message-ID", max_length=255)
     esp_message_id = models.CharField("ESP message id", max_length=255, blank=True)
     status = models.CharField(
         max_length=12, choices=Status.choices, default=Status.QUEUED, editable=False
@@ -327,11 +345,14 @@ class Message(models.Model):
         ordering = ["-created", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["recipient", "step"], name="message_recipient_step"),
+            models.UniqueConstraint(fields=["message_id"], name="message_message_id_unique"),
         ]
         indexes = [
-            # The dispatcher's poll: due messages per account, oldest first.
+            # The dispatcher's poll: due messages per account, oldest first. With the id, the
+            # index has the claim's exact order (next_attempt_at, id): a claim reads its batch
+            # off the index instead of sorting every due message of the account.
             models.Index(
-                fields=["account", "next_attempt_at"],
+                fields=["account", "next_attempt_at", "id"],
                 condition=Q(status__in=["queued", "soft_bounced"]),
                 name="message_due",
             ),
@@ -379,8 +400,13 @@ class RunTally(models.Model):
 
     # No foreign key constraints: the triggers may write a counter while Django's deletion
     # collector is removing the run or the owner; a trigger on the run cleans up instead.
+    # Indexed by runtally_run_owner (run, owner_key).
     run = models.ForeignKey(
-        CampaignRun, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        CampaignRun,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        db_index=False,
     )
     owner_key = models.IntegerField(help_text="The contacts' owner id; 0 when they have none.")
     recipients = models.IntegerField(default=0)

@@ -25,7 +25,13 @@ from contacts.models import Contact
 from contacts.services import active_suppressions
 from tracking.classification import classify_rejection
 from tracking.models import TrackingEvent
-from tracking.services import message_reject, message_transition, messages_transition
+from tracking.services import (
+    Accepted,
+    message_reject,
+    message_transition,
+    messages_record_accepted,
+    messages_transition,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -355,34 +361,40 @@ def account_send(
     report = DispatchReport()
     due_by = due_by or timezone.now()
     batch_size = batch_size or settings.LEADCENTER_BATCH_SIZE
-    while deadline is None or time.monotonic() < deadline:
-        now = timezone.now()
-        if not selectors.account_is_within_hours(account, now):
-            break
-        capacity = min(batch_size, selectors.account_capacity(account, now))
-        if max_messages is not None:
-            capacity = min(capacity, max_messages - report.claimed)
-        if capacity <= 0:
-            break
-        session = session_for(account)
-        try:
-            # Connect before claiming: when our relay is down nothing is claimed at all.
-            session.open()
-        except AccountError as exc:
-            report.account_errors.append(str(exc))
-            account_record_failure(account=account, error=str(exc))
-            break
-        try:
+    # One SMTP session and one set of compiled templates for the whole pass: the batches of an
+    # account go over the same connection (the session reconnects when the server drops it).
+    session: SmtpSession | EspSession | None = None
+    cache = TemplateCache()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            now = timezone.now()
+            if not selectors.account_is_within_hours(account, now):
+                break
+            capacity = min(batch_size, selectors.account_capacity(account, now))
+            if max_messages is not None:
+                capacity = min(capacity, max_messages - report.claimed)
+            if capacity <= 0:
+                break
+            if session is None:
+                session = session_for(account)
+                try:
+                    # Connect before claiming: when our relay is down nothing is claimed.
+                    session.open()
+                except AccountError as exc:
+                    report.account_errors.append(str(exc))
+                    account_record_failure(account=account, error=str(exc))
+                    break
             batch = messages_claim(account=account, limit=capacity, now=now, due_by=due_by)
             if not batch:
                 break
             report.claimed += len(batch)
             report.runs |= {m.run_id for m in batch}
-            report.merge(_send_batch(account, session, batch))
-        finally:
+            report.merge(_send_batch(account, session, batch, cache))
+            if report.account_errors:
+                break
+    finally:
+        if session is not None:
             session.close()
-        if report.account_errors:
-            break
     return report
 
 
@@ -392,6 +404,8 @@ def messages_claim(
     """Claim up to `limit` due messages of the account for this worker, committed before any
     SMTP call (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite serialises write transactions)."""
     with transaction.atomic():
+        # The rows come with their recipient and contact, which the send needs: the claim
+        # below changes only what is set on them again after it, so no second read.
         due = list(
             Message.objects.filter(
                 account=account,
@@ -399,38 +413,76 @@ def messages_claim(
                 next_attempt_at__lte=due_by or now,
                 run__status__in=SENDING_RUNS,
             )
+            .select_related("recipient__contact")
             .order_by("next_attempt_at", "pk")
-            .select_for_update(skip_locked=True, of=("self",))
-            .values_list("pk", "status")[:limit]
+            .select_for_update(skip_locked=True, of=("self",))[:limit]
         )
-        claimed: list[int] = []
+        if not due:
+            return []
+        # Steps and runs are few per batch: one instance each, shared by the batch's messages.
+        steps = CampaignStep.objects.in_bulk({m.step_id for m in due})
+        runs = CampaignRun.objects.select_related("campaign").in_bulk({m.run_id for m in due})
+        claimed: set[int] = set()
         for from_status in Message.DUE_STATUSES:
-            ids = [pk for pk, status in due if status == from_status]
-            claimed += messages_transition(
-                message_ids=ids,
-                from_status=from_status,
-                status=S.SENDING,
-                event_type=E.CLAIMED,
-                source=TrackingEvent.Source.SYSTEM,
-                occurred_at=now,
-                fields={"claimed_at": now, "attempts": F("attempts") + 1},
+            ids = [m.pk for m in due if m.status == from_status]
+            claimed.update(
+                messages_transition(
+                    message_ids=ids,
+                    from_status=from_status,
+                    status=S.SENDING,
+                    event_type=E.CLAIMED,
+                    source=TrackingEvent.Source.SYSTEM,
+                    occurred_at=now,
+                    fields={"claimed_at": now, "attempts": F("attempts") + 1},
+                )
             )
-        if claimed:
+        waiting = [pk for pk, run in runs.items() if run.status == RunStatus.WAITING]
+        if claimed and waiting:
             CampaignRun.objects.filter(status=RunStatus.WAITING, messages__pk__in=claimed).update(
                 status=RunStatus.RUNNING
             )
-    return list(
-        Message.objects.filter(pk__in=claimed)
-        .select_related("recipient__contact", "step", "run__campaign")
-        .order_by("pk")
-    )
+    messages = sorted((m for m in due if m.pk in claimed), key=lambda m: m.pk)
+    for message in messages:
+        # What messages_transition wrote.
+        message.status = S.SENDING
+        message.status_changed_at = message.claimed_at = now
+        message.attempts += 1
+        message.step = steps[message.step_id]
+        message.run = runs[message.run_id]
+    return messages
 
 
 def _send_batch(
-    account: SendingAccount, session: SmtpSession | EspSession, batch: list[Message]
+    account: SendingAccount,
+    session: SmtpSession | EspSession,
+    batch: list[Message],
+    cache: TemplateCache | None = None,
 ) -> DispatchReport:
+    """Send a claimed batch. Rejections and our own failures are recorded one message at a
+    time as they come (they are rare); the accepted messages are recorded together after the
+    batch, in one transaction (_record_sent). A crash before that leaves them `sending`, in
+    doubt, never resent: no more than the batch, which is what the claim bounds anyway."""
     report = DispatchReport()
-    cache = TemplateCache()
+    cache = cache or TemplateCache()
+    accepted: list[tuple[Message, Reply, datetime]] = []
+    try:
+        _send_each(account, session, batch, cache, report, accepted)
+    finally:
+        _record_sent(account, accepted)
+    report.sent += len(accepted)
+    if report.sent:
+        account_record_success(account=account)
+    return report
+
+
+def _send_each(
+    account: SendingAccount,
+    session: SmtpSession | EspSession,
+    batch: list[Message],
+    cache: TemplateCache,
+    report: DispatchReport,
+    accepted: list[tuple[Message, Reply, datetime]],
+) -> None:
     suppressed = active_suppressions([m.recipient.email for m in batch])
     threads = _threads(batch)
     run_status = _RunStatusCache()
@@ -493,12 +545,51 @@ def _send_batch(
                     detail=str(exc),
                 )
             )
-            return report
+            return
+        if reply.accepted:
+            accepted.append((message, reply, timezone.now()))
+            continue
         outcome = message_record_reply(message=message, account=account, reply=reply)
         setattr(report, outcome, getattr(report, outcome) + 1)
-    if report.sent:
-        account_record_success(account=account)
-    return report
+
+
+def _record_sent(account: SendingAccount, accepted: list[tuple[Message, Reply, datetime]]) -> None:
+    """The accepted messages of a batch through the state machine, set-wise, in one
+    transaction: `sent` (`delivered` for an account that confirms delivery), one event each,
+    and their recipients' lead-level view (_recipient_sent_fields)."""
+    if not accepted:
+        return
+    confirms = account.confirms_delivery
+    rows = []
+    for message, reply, when in accepted:
+        fields: dict[str, object] = {
+            "smtp_code": reply.code,
+            "smtp_status": reply.status,
+            "smtp_response": reply.text[:1000],
+        }
+        if reply.esp_message_id:
+            fields["esp_message_id"] = reply.esp_message_id
+        if confirms:
+            fields["sent_at"] = when
+        rows.append(
+            Accepted(
+                message_id=message.pk,
+                recipient_id=message.recipient_id,
+                occurred_at=when,
+                fields=fields,
+                recipient_fields=_recipient_sent_fields(message, when),
+                detail=reply.text,
+            )
+        )
+    with transaction.atomic():
+        _relaxed_commit()
+        messages_record_accepted(
+            accepted=rows,
+            from_status=S.SENDING,
+            status=S.DELIVERED if confirms else S.SENT,
+            event_type=E.DELIVERED if confirms else E.SENT,
+            source=TrackingEvent.Source.SMTP,
+        )
 
 
 class _RunStatusCache:
@@ -652,15 +743,21 @@ def _recipient_after(message: Message, status: str, *, now: datetime | None = No
             fields["bounced_at"] = now
         recipient.update(last_action_at=now, **fields)
         return
+    recipient.update(**_recipient_sent_fields(message, now))
+
+
+def _recipient_sent_fields(message: Message, now: datetime) -> dict[str, object]:
+    """The recipient after its step went out: partial with the next step scheduled, or sent
+    when no step is left."""
     delay = getattr(message, "next_step_delay", _UNKNOWN)
     if delay is _UNKNOWN:
         delay = _next_step_delays([message.step]).get(message.step_id)
-    recipient.update(
-        status=R.PARTIAL if delay is not None else R.SENT,
-        steps_sent=message.step.position,
-        next_step_at=now + delay if delay is not None else None,
-        last_action_at=now,
-    )
+    return {
+        "status": R.PARTIAL if delay is not None else R.SENT,
+        "steps_sent": message.step.position,
+        "next_step_at": now + delay if delay is not None else None,
+        "last_action_at": now,
+    }
 
 
 _UNKNOWN = object()

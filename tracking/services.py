@@ -264,20 +264,239 @@ def messages_transition(
             status=status, status_changed_at=occurred_at, **facts, **(fields or {})
         )
         _recipient_facts({rid for _, rid in moved}, event_type, occurred_at)
-        TrackingEvent.objects.bulk_create(
-            TrackingEvent(
-                message_id=pk,
-                type=event_type,
-                source=source,
-                occurred_at=occurred_at,
-                dedupe_key=_fresh_key(),
-                from_status=from_status,
-                to_status=status,
-                detail=detail,
-            )
-            for pk in moved_ids
+        _events_insert(
+            [(pk, occurred_at, detail) for pk in moved_ids],
+            type=event_type,
+            source=source,
+            from_status=from_status,
+            to_status=status,
         )
     return moved_ids
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One message a server took, for messages_record_accepted: when, the Message columns its
+    reply sets (`fields`, as in message_transition), the Recipient columns the sender sets with
+    it (`recipient_fields`), and the reply text kept on its event."""
+
+    message_id: int
+    recipient_id: int
+    occurred_at: datetime
+    fields: Mapping[str, Any]
+    recipient_fields: Mapping[str, Any]
+    detail: str = ""
+
+
+def messages_record_accepted(
+    *,
+    accepted: list[Accepted],
+    from_status: str,
+    status: str,
+    event_type: str,
+    source: str,
+) -> list[int]:
+    """Record a batch of messages that a server accepted, with the effect of one
+    message_transition (expected status `from_status`) and one recipient update per message,
+    but set-wise: one UPDATE of the messages from a VALUES list, guarded by their status (so a
+    status never moves backwards), one multi-row INSERT of their events and one UPDATE of their
+    recipients. A message another writer moved first goes through message_transition, as it
+    would have alone. Call it inside the transaction that should hold the whole batch. Returns
+    the ids that moved."""
+    if not can_transition(from_status, status):
+        raise ValueError(f"{from_status} -> {status} is not a transition of a message")
+    if not accepted:
+        return []
+    connection = transaction.get_connection()
+    quote = connection.ops.quote_name
+    table = quote(Message._meta.db_table)
+    moved: set[int] = set()
+    with transaction.atomic(savepoint=False):
+        # Rows are grouped by the columns they set (an ESP reply may carry its own id).
+        groups: dict[tuple[str, ...], list[Accepted]] = {}
+        for item in accepted:
+            groups.setdefault(tuple(sorted(item.fields)), []).append(item)
+        for names, items in groups.items():
+            columns = [
+                ("id", Message._meta.pk),
+                ("occurred_at", Message._meta.get_field("status_changed_at")),
+                *((name, Message._meta.get_field(name)) for name in names),
+            ]
+            values, params = _values_list(
+                connection,
+                columns,
+                ([i.message_id, i.occurred_at, *(i.fields[n] for n in names)] for i in items),
+            )
+            sets = ["status = %s", "status_changed_at = v.occurred_at"]
+            sets += [
+                sql
+                for field, sql in _fact_columns(event_type, table, "v.occurred_at").items()
+                if field not in names
+            ]
+            sets += [f"{quote(field.column)} = v.{name}" for name, field in columns[2:]]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
+                    f"UPDATE {table} SET {', '.join(sets)} FROM v "
+                    f"WHERE {table}.id = v.id AND {table}.status = %s RETURNING {table}.id",
+                    [*params, status, from_status],
+                )
+                moved.update(pk for (pk,) in cursor.fetchall())
+        _events_insert(
+            [(i.message_id, i.occurred_at, i.detail) for i in accepted if i.message_id in moved],
+            type=event_type,
+            source=source,
+            from_status=from_status,
+            to_status=status,
+        )
+        for item in accepted:
+            if item.message_id not in moved:
+                message_transition(
+                    message_id=item.message_id,
+                    event_type=event_type,
+                    source=source,
+                    status=status,
+                    occurred_at=item.occurred_at,
+                    fields=item.fields,
+                    detail=item.detail,
+                )
+        _recipients_update(connection, accepted, event_type)
+    return [item.message_id for item in accepted if item.message_id in moved]
+
+
+def _fact_columns(event_type: str, table: str, when: str) -> dict[str, str]:
+    """_facts() as SQL assignments for an UPDATE of `table`, the time being the SQL `when`."""
+    fields = [_FIRST_SEEN.get(event_type)]
+    if event_type in _PROVES_DELIVERY:
+        fields.append("delivered_at")
+    facts = {f: f"{f} = COALESCE({table}.{f}, {when})" for f in fields if f}
+    if counter := _COUNTERS.get(event_type):
+        facts[counter] = f"{counter} = {table}.{counter} + 1"
+    return facts
+
+
+def _recipients_update(connection, accepted: list[Accepted], event_type: str) -> None:
+    """Each accepted message's recipient_fields and the recipient's first-seen facts of the
+    event (as _recipient_facts), in one UPDATE per set of columns. A recipient named twice
+    gets the later values, as two updates in a row would leave it."""
+    table = connection.ops.quote_name(Recipient._meta.db_table)
+    first_seen = [_RECIPIENT_FIRST_SEEN.get(event_type)]
+    if event_type in _PROVES_DELIVERY:
+        first_seen.append("delivered_at")
+    facts = [f"{f} = COALESCE({table}.{f}, v.occurred_at)" for f in first_seen if f]
+    latest = {item.recipient_id: item for item in accepted}
+    groups: dict[tuple[str, ...], list[Accepted]] = {}
+    for item in latest.values():
+        groups.setdefault(tuple(sorted(item.recipient_fields)), []).append(item)
+    for names, items in groups.items():
+        if not names and not facts:
+            continue
+        sets = list(facts)
+        if facts and "last_action_at" not in names:
+            sets.append("last_action_at = v.occurred_at")
+        columns = [
+            ("id", Recipient._meta.pk),
+            ("occurred_at", Recipient._meta.get_field("last_action_at")),
+            *((name, Recipient._meta.get_field(name)) for name in names),
+        ]
+        values, params = _values_list(
+            connection,
+            columns,
+            (
+                [i.recipient_id, i.occurred_at, *(i.recipient_fields[n] for n in names)]
+                for i in items
+            ),
+        )
+        sets += [f"{field.column} = v.{name}" for name, field in columns[2:]]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
+                f"UPDATE {table} SET {', '.join(sets)} FROM v WHERE {table}.id = v.id",
+                params,
+            )
+
+
+def _events_insert(
+    rows: list[tuple[int, datetime, str]],
+    *,
+    type: str,
+    source: str,
+    from_status: str,
+    to_status: str,
+) -> None:
+    """Our own events of one kind for many messages, each (message id, time, detail), in one
+    INSERT: the rows bulk_create would write (every other column at its default, a fresh
+    dedupe key each), without a model instance and a dozen parameters per row."""
+    if not rows:
+        return
+    connection = transaction.get_connection()
+    meta = TrackingEvent._meta
+    per_row = ["message", "occurred_at", "dedupe_key", "detail"]
+    constants = {
+        "type": type,
+        "source": source,
+        "from_status": from_status,
+        "to_status": to_status,
+        "received_at": timezone.now(),
+    }
+    values, params = _values_list(
+        connection,
+        [(name, meta.get_field(name)) for name in per_row],
+        ([pk, when, _fresh_key(), detail] for pk, when, detail in rows),
+    )
+    cast = connection.vendor == "postgresql"
+    columns, select = [], []
+    for field in meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(field.column))
+        if field.name in per_row:
+            select.append(f"v.{field.name}")
+            continue
+        value = constants[field.name] if field.name in constants else field.get_default()
+        params.append(_prepare(field, value, connection))
+        select.append(f"CAST(%s AS {field.cast_db_type(connection)})" if cast else "%s")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH v ({', '.join(per_row)}) AS ({values}) "
+            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) "
+            f"SELECT {', '.join(select)} FROM v",
+            params,
+        )
+
+
+def _values_list(connection, columns, rows) -> tuple[str, list[Any]]:
+    """A query of the rows, for a WITH clause, and its parameters, each value prepared for
+    its field. PostgreSQL gets one array per column, cast to the column's type, unnested: one
+    parameter per column keeps the statement's text the same whatever the batch size, so
+    psycopg parses it once (it parses a statement of more than 50 parameters at every
+    execution). SQLite gets VALUES, the values as they are (it has no column types to meet)."""
+    fields = [field for _, field in columns]
+    if connection.vendor == "postgresql":
+        arrays: list[list[Any]] = [[] for _ in fields]
+        for row in rows:
+            for array, field, value in zip(arrays, fields, row, strict=True):
+                array.append(_prepare(field, value, connection))
+        casts = ", ".join(f"CAST(%s AS {f.cast_db_type(connection)}[])" for f in fields)
+        return f"SELECT * FROM unnest({casts})", arrays
+    slots = "(" + ", ".join("%s" for _ in fields) + ")"
+    sql: list[str] = []
+    params: list[Any] = []
+    for row in rows:
+        sql.append(slots)
+        params += [_prepare(f, v, connection) for f, v in zip(fields, row, strict=True)]
+    return "VALUES " + ", ".join(sql), params
+
+
+def _prepare(field, value: Any, connection) -> Any:
+    """A value as the ORM would save it into `field`, with a shortcut for the plain types a
+    batch writes (a datetime is adapted as the ORM adapts it; None, int and str go as they
+    are)."""
+    if value is None or type(value) in (int, str, bool):
+        return value
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return connection.ops.adapt_datetimefield_value(value)
+    return field.get_db_prep_save(value, connection)
 
 
 def _fresh_key() -> str:
