@@ -96,7 +96,7 @@ def backward(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0008_recipient_tally_one_row_path"),
+        ("campaigns", "0009_list_search_indexes"),
         ("contacts", "0001_initial"),
     ]
 
