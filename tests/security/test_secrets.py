@@ -1,0 +1,183 @@
+"""The SMTP password of a sending account and the password of a bounce mailbox never appear in
+a page, a log or an export, for any role."""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+
+import pytest
+from aiosmtpd.smtp import AuthResult
+from django.urls import reverse
+
+from campaigns.models import CampaignRun, SendingAccount
+from campaigns.services import campaign_launch, dispatch_due, run_prepare
+from campaigns.simulator import SimulatedInternet, SimulatorServer
+from leadcenter.factories import SendingAccountFactory
+from tests.security.conftest import MAILBOX_PASSWORD, ROLES, SMTP_PASSWORD
+from tests.security.test_permission_matrix import GET_MATRIX, url_for
+
+pytestmark = pytest.mark.django_db
+
+SECRETS = (SMTP_PASSWORD, MAILBOX_PASSWORD)
+
+
+def assert_no_secret(data: bytes | str, where: str) -> None:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    for secret in SECRETS:
+        assert secret not in text, f"a password shows in {where}"
+
+
+def file_text(data: bytes) -> str:
+    """A download as text: an XLSX file's XML parts, or the bytes of a CSV."""
+    if data[:2] == b"PK":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return "".join(
+                archive.read(name).decode("utf-8", "replace") for name in archive.namelist()
+            )
+    return data.decode("utf-8", "replace")
+
+
+def body(response) -> bytes:
+    if getattr(response, "streaming", False):
+        return b"".join(response.streaming_content)
+    return response.content
+
+
+def test_no_admin_page_shows_a_password_to_any_role(clients, world):
+    # The change forms once saved, so the history pages have something to show too.
+    account = world["campaigns.sendingaccount"]
+    clients["superuser"].post(
+        reverse("admin:campaigns_sendingaccount_change", args=[account.pk]),
+        {**_account_form(account), "smtp_password": SMTP_PASSWORD},
+    )
+    for key in GET_MATRIX:
+        url = url_for(key, world)
+        for role in ROLES:
+            assert_no_secret(file_text(body(clients[role].get(url))), f"{url} as {role}")
+
+
+def _account_form(account: SendingAccount) -> dict:
+    return {
+        "name": account.name,
+        "from_email": account.from_email,
+        "from_name": account.from_name,
+        "is_active": "on",
+        "smtp_host": account.smtp_host,
+        "smtp_port": account.smtp_port,
+        "smtp_security": account.smtp_security,
+        "smtp_username": account.smtp_username,
+        "smtp_timeout": account.smtp_timeout,
+        "daily_limit": account.daily_limit,
+        "per_minute_limit": account.per_minute_limit,
+        "active_weekdays": account.active_weekdays,
+        "timezone": account.timezone,
+    }
+
+
+def test_a_saved_password_is_kept_but_never_rendered_back(superuser_client, world):
+    account = world["campaigns.sendingaccount"]
+    url = reverse("admin:campaigns_sendingaccount_change", args=[account.pk])
+
+    response = superuser_client.post(url, _account_form(account))  # password left empty
+
+    assert response.status_code == 302
+    account.refresh_from_db()
+    assert account.smtp_password == SMTP_PASSWORD
+    assert_no_secret(superuser_client.get(url).content, "the account's change form")
+
+
+def test_no_export_holds_a_password(clients, world):
+    manager = clients["manager"]
+    campaign = world["campaigns.campaign"]
+    downloads = {
+        "contacts CSV": manager.post(
+            reverse("admin:contacts_contact_export"), {"format": "0", "resource": "0"}
+        ),
+        "contacts XLSX": manager.post(
+            reverse("admin:contacts_contact_export"), {"format": "1", "resource": "0"}
+        ),
+        "sent emails": manager.get(reverse("admin:campaigns_message_export")),
+        "recipients": manager.get(reverse("admin:campaigns_recipient_export")),
+        "summary": manager.get(
+            reverse("admin:campaigns_campaign_summary_export", args=[campaign.pk])
+        ),
+        "export job": manager.get(
+            reverse("admin:campaigns_exportjob_download", args=[world["export_job"].pk])
+        ),
+    }
+    for name, response in downloads.items():
+        assert response.status_code == 200, name
+        data = body(response)
+        assert len(data) > 100, name
+        assert_no_secret(file_text(data), name)
+
+
+def _accept_everyone(server, session, envelope, mechanism, auth_data) -> AuthResult:
+    return AuthResult(success=True)
+
+
+def _refuse_everyone(server, session, envelope, mechanism, auth_data) -> AuthResult:
+    return AuthResult(success=False, handled=False)
+
+
+@pytest.mark.parametrize(
+    "authenticator", [_accept_everyone, _refuse_everyone], ids=["ok", "refused"]
+)
+def test_no_log_line_holds_the_password_during_a_send(
+    caplog, make_campaign, add_contacts, authenticator
+):
+    caplog.set_level(logging.DEBUG)
+    handler = SimulatedInternet()
+    with SimulatorServer(handler, authenticator=authenticator, auth_require_tls=False) as server:
+        account = SendingAccountFactory(
+            name="Authenticated relay",
+            smtp_port=server.port,
+            smtp_username="sales",
+            smtp_password=SMTP_PASSWORD,
+            smtp_timeout=5,
+        )
+        add_contacts("a@example.test", "b@example.test")
+        campaign = make_campaign(accounts=[account])
+        run = campaign_launch(campaign=campaign, enqueue=False)
+        run_prepare(run=run)
+        dispatch_due()
+
+    account.refresh_from_db()
+    run = CampaignRun.objects.get(pk=run.pk)
+    if authenticator is _refuse_everyone:
+        assert "login refused" in account.last_error
+    else:
+        assert len(handler.delivered) == 2
+    assert caplog.records, "the send logged nothing: the capture is not working"
+    for record in caplog.records:
+        assert_no_secret(record.getMessage(), f"the log line {record.name}")
+        if record.exc_info:
+            assert_no_secret(logging.Formatter().formatException(record.exc_info), "a traceback")
+    assert_no_secret(account.last_error, "the account's last error")
+    assert_no_secret(run.error, "the run's error")
+
+
+def test_a_view_only_person_sees_whether_a_password_is_stored_not_what_it_is(
+    roles, staff_client, world
+):
+    from django.contrib.auth.models import Group, Permission
+
+    # No role views bounce mailboxes today; give Staff the view permission to check the page.
+    Group.objects.get(name="Staff").permissions.add(
+        Permission.objects.get(codename="view_bouncemailbox")
+    )
+    pages = {
+        "account": reverse(
+            "admin:campaigns_sendingaccount_change", args=[world["campaigns.sendingaccount"].pk]
+        ),
+        "mailbox": reverse(
+            "admin:tracking_bouncemailbox_change", args=[world["tracking.bouncemailbox"].pk]
+        ),
+    }
+    for name, url in pages.items():
+        response = staff_client.get(url)
+        assert response.status_code == 200, name
+        assert "stored (never shown)" in response.content.decode(), name
+        assert_no_secret(response.content, name)
