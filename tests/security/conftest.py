@@ -4,6 +4,7 @@ has an object to open), a client per role, and the hypothesis profiles of the fu
 from __future__ import annotations
 
 import io
+import zipfile
 from datetime import timedelta
 
 import pytest
@@ -130,6 +131,28 @@ def world(roles, superuser, manager_user):
         "export_job": job,
         "import_job": import_job,
     }
+
+
+def assert_no_secret(data: bytes | str, where: str) -> None:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    for secret in (SMTP_PASSWORD, MAILBOX_PASSWORD):
+        assert secret not in text, f"a password shows in {where}"
+
+
+def file_text(data: bytes) -> str:
+    """A download as text: an XLSX file's XML parts, or the bytes of a CSV or a page."""
+    if data[:2] == b"PK":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return "".join(
+                archive.read(name).decode("utf-8", "replace") for name in archive.namelist()
+            )
+    return data.decode("utf-8", "replace")
+
+
+def body(response) -> bytes:
+    if getattr(response, "streaming", False):
+        return b"".join(response.streaming_content)
+    return response.content
 
 
 def _import_job(user) -> ImportJob:

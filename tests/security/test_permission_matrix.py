@@ -26,7 +26,7 @@ from django.urls import URLPattern, URLResolver, reverse
 from django_q.models import OrmQ
 
 from campaigns.models import Campaign, CampaignRun
-from tests.security.conftest import ROLES
+from tests.security.conftest import ROLES, assert_no_secret, body, file_text
 
 pytestmark = pytest.mark.django_db
 
@@ -291,10 +291,17 @@ for _key in sorted(GET_MATRIX):
 
 @pytest.mark.parametrize("area", sorted(AREAS))
 def test_who_may_open_each_admin_url(clients, world, area):
+    """And, while each page is open, that it shows no password (test_secrets.py has the
+    rest of that story)."""
     wrong = {}
     for key in AREAS[area]:
         url = url_for(key, world)
-        got = tuple(outcome(clients[role].get(url)) for role in ROLES)
+        got = []
+        for role in ROLES:
+            response = clients[role].get(url)
+            got.append(outcome(response))
+            assert_no_secret(file_text(body(response)), f"{url} as {role}")
+        got = tuple(got)
         if got != GET_MATRIX[key]:
             wrong[key] = {"url": url, "expected": GET_MATRIX[key], "got": got}
 
