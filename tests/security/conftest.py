@@ -29,8 +29,8 @@ from tests.security import fuzz
 from tracking.models import BounceMailbox, Rejection, TrackingEvent
 
 ROLES = ("anonymous", "staff", "manager", "support", "superuser")
-SMTP_PASSWORD = "smtp-Pa55word-that-must-never-leak-7f3a"  # noqa: S105
-MAILBOX_PASSWORD = "imap-Pa55word-that-must-never-leak-91c2"  # noqa: S105
+SMTP_PASSWORD = "smtp-Pa55word-that-must-never-leak-7f3a"
+MAILBOX_PASSWORD = "imap-Pa55word-that-must-never-leak-91c2"
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from tracking.models import Rejection, TrackingEvent
 
 pytestmark = pytest.mark.django_db
 
-SECRET = "hook:webhook-shared-secret"  # noqa: S105
+SECRET = "hook:webhook-shared-secret"
 MAILGUN_KEY = "mailgun-signing-key"
 ANYMAIL = {
     "WEBHOOK_SECRET": SECRET,
