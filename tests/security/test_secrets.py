@@ -13,7 +13,13 @@ from campaigns.models import CampaignRun, SendingAccount
 from campaigns.services import campaign_launch, dispatch_due, run_prepare
 from campaigns.simulator import SimulatedInternet, SimulatorServer
 from leadcenter.factories import SendingAccountFactory
-from tests.security.conftest import SMTP_PASSWORD, assert_no_secret, body, file_text
+from tests.security.conftest import (
+    SMTP_PASSWORD,
+    assert_no_secret,
+    body,
+    contacts_export,
+    file_text,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -57,12 +63,8 @@ def test_no_export_holds_a_password(clients, world):
     manager = clients["manager"]
     campaign = world["campaigns.campaign"]
     downloads = {
-        "contacts CSV": manager.post(
-            reverse("admin:contacts_contact_export"), {"format": "0", "resource": "0"}
-        ),
-        "contacts XLSX": manager.post(
-            reverse("admin:contacts_contact_export"), {"format": "1", "resource": "0"}
-        ),
+        "contacts CSV": contacts_export(manager, "csv"),
+        "contacts XLSX": contacts_export(manager, "xlsx"),
         "sent emails": manager.get(reverse("admin:campaigns_message_export")),
         "recipients": manager.get(reverse("admin:campaigns_recipient_export")),
         "summary": manager.get(
