@@ -1,9 +1,12 @@
 """The SMTP password of a sending account and the password of a bounce mailbox never appear in
-a page, a log or an export, for any role."""
+a page, a log or an export, for any role (every admin page is checked by
+test_permission_matrix.py as it opens it)."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 
 import pytest
 from aiosmtpd.smtp import AuthResult
@@ -14,12 +17,15 @@ from campaigns.services import campaign_launch, dispatch_due, run_prepare
 from campaigns.simulator import SimulatedInternet, SimulatorServer
 from leadcenter.factories import SendingAccountFactory
 from tests.security.conftest import (
+    MAILBOX_PASSWORD,
     SMTP_PASSWORD,
     assert_no_secret,
     body,
     contacts_export,
     file_text,
 )
+from tracking.bounces import mailbox_poll
+from tracking.models import BounceMailbox
 
 pytestmark = pytest.mark.django_db
 
@@ -148,3 +154,61 @@ def test_a_view_only_person_sees_whether_a_password_is_stored_not_what_it_is(
         assert response.status_code == 200, name
         assert "stored (never shown)" in response.content.decode(), name
         assert_no_secret(response.content, name)
+
+
+class _RefusingPop3:
+    """A POP3 server on loopback that greets, takes USER and refuses every PASS, remembering
+    what it was sent (so the test knows the password really went over the wire)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn, conn.makefile("rwb") as stream:
+            stream.write(b"+OK ready\r\n")
+            stream.flush()
+            for line in stream:
+                self.received.append(line)
+                if line.upper().startswith(b"USER"):
+                    stream.write(b"+OK\r\n")
+                elif line.upper().startswith(b"PASS"):
+                    stream.write(b"-ERR [AUTH] invalid user name or password\r\n")
+                else:
+                    stream.write(b"+OK bye\r\n")
+                    stream.flush()
+                    break
+                stream.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_no_log_line_holds_the_mailbox_password_when_its_login_fails(caplog, world):
+    caplog.set_level(logging.DEBUG)
+    server = _RefusingPop3()
+    mailbox = world["tracking.bouncemailbox"]
+    BounceMailbox.objects.filter(pk=mailbox.pk).update(
+        protocol="pop3", host="127.0.0.1", port=server.port, use_ssl=False
+    )
+    try:
+        report = mailbox_poll(mailbox_id=mailbox.pk)
+    finally:
+        server.close()
+
+    mailbox.refresh_from_db()
+    assert report.errors == 1
+    assert any(MAILBOX_PASSWORD.encode() in line for line in server.received)
+    assert "invalid user name or password" in mailbox.last_error
+    assert_no_secret(mailbox.last_error, "the mailbox's last error")
+    assert caplog.records
+    for record in caplog.records:
+        assert_no_secret(record.getMessage(), f"the log line {record.name}")
+        if record.exc_info:
+            assert_no_secret(logging.Formatter().formatException(record.exc_info), "a traceback")

@@ -87,6 +87,15 @@ def test_the_valid_tokens_work(client, messages):
     assert TrackingEvent.objects.count() == before + 2
 
 
+def test_the_unsubscribe_page_changes_nothing_on_get(client, messages):
+    url = f"/t/u/{tokens.make_token(tokens.UNSUBSCRIBE, messages[0].pk)}/"
+    before = state()
+
+    assert client.get(url).status_code == 200
+    client.head(url)  # link scanners probe with HEAD (answered 405)
+    assert state() == before
+
+
 def test_a_token_of_one_kind_does_not_work_as_another(client, messages):
     message = messages[0]
     for kind in (tokens.OPEN, tokens.UNSUBSCRIBE, tokens.VERP):

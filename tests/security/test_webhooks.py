@@ -22,7 +22,12 @@ from leadcenter.factories import MessageFactory
 from tests.security.fuzz import fuzz_settings, tried
 from tracking.models import Rejection, TrackingEvent
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    # anymail's own notices about the SendinBlue URLs and SendGrid, which we fuzz anyway.
+    pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailDeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailNotSupportedWarning"),
+]
 
 SECRET = "hook:webhook-shared-secret"
 MAILGUN_KEY = "mailgun-signing-key"
