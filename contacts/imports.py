@@ -239,11 +239,14 @@ def _detect_encoding(fh: IO[bytes]) -> str:
     Windows writes as "CSV", and Latin-1 when even that does not fit (it always decodes)."""
     fh.seek(0)
     head = fh.read(4)
+    candidates = ["utf-8", "cp1252"]
+    # A byte-order mark names the encoding, but only a file that then decodes is believed:
+    # a BOM followed by bytes invalid in it failed later with a UnicodeDecodeError (a 500).
     if head.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    for encoding in ("utf-8", "cp1252"):
+        candidates.insert(0, "utf-8-sig")
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        candidates.insert(0, "utf-16")
+    for encoding in candidates:
         fh.seek(0)
         decoder = codecs.getincrementaldecoder(encoding)()
         try:
