@@ -93,6 +93,10 @@ def mutated(draw, source) -> bytes:
 
 files = st.one_of(
     st.binary(max_size=800),
+    # A byte-order mark, then bytes that are not in its encoding (found by the full profile).
+    st.tuples(
+        st.sampled_from([b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"]), st.binary(max_size=60)
+    ).map(b"".join),
     csv_files(),
     xlsx_files(),
     mutated(xlsx_files()),
@@ -147,3 +151,17 @@ def test_fuzzed_uploads_to_the_admin_import_page_never_500(superuser_client, dat
 
     assert response.status_code == 200
     assert contacts_state() == before  # the upload is only a preview
+
+
+@pytest.mark.parametrize(
+    "data", [b"\xef\xbb\xbf\x80", b"\xef\xbb\xbfemail\n\xff\xfe", b"\xff\xfeA", b"\xfe\xff\xd8\x00"]
+)
+def test_a_byte_order_mark_before_bytes_not_in_its_encoding_is_not_a_crash(superuser_client, data):
+    report = contacts_import(fh=io.BytesIO(data), file_name="bom.csv")
+    response = superuser_client.post(
+        reverse("admin:contacts_contact_import"),
+        {"import_file": SimpleUploadedFile("bom.csv", data), "format": "0", "resource": "0"},
+    )
+
+    assert report.fatal or report.rows == report.good_rows + report.error_count
+    assert response.status_code == 200
