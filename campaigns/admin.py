@@ -183,6 +183,24 @@ class SendingAccountAdmin(admin.ModelAdmin):
         ("Health", {"fields": ["consecutive_failures", "last_error", "last_error_at", "created"]}),
     ]
 
+    def get_fieldsets(self, request: HttpRequest, obj: SendingAccount | None = None) -> list:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # View only (Staff): the admin shows every field as text, the stored password too;
+        # say whether there is one instead.
+        shown = {"smtp_password": "smtp_password_stored", "clear_smtp_password": None}
+        return [
+            (name, {**options, "fields": [
+                shown.get(f, f) for f in options["fields"] if shown.get(f, f) is not None
+            ]})
+            for name, options in fieldsets
+        ]  # fmt: skip
+
+    @admin.display(description="SMTP password")
+    def smtp_password_stored(self, obj: SendingAccount) -> str:
+        return "stored (never shown)" if obj.smtp_password else "none"
+
     @admin.display(description="active hours")
     def active_hours(self, obj: SendingAccount) -> str:
         return active_hours_display(obj)

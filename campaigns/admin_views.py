@@ -6,6 +6,8 @@ server; the buttons are hidden from people without it, but hiding is not the che
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -98,7 +100,9 @@ def campaign_preview_view(
         raise PermissionDenied
     contact = None
     if contact_id := request.GET.get("contact", "").strip():
-        contact = Contact.objects.filter(pk=contact_id).first() if contact_id.isdigit() else None
+        # ASCII digits that fit a 64-bit id (str.isdigit() also takes "²": a 500).
+        valid = re.fullmatch(r"[0-9]{1,18}", contact_id)
+        contact = Contact.objects.filter(pk=contact_id).first() if valid else None
     if contact is None:
         contact = Contact.objects.filter(lists__campaigns=campaign).exclude(email="").first()
     account = campaign.accounts.filter(is_active=True).first() or campaign.accounts.first()

@@ -10,6 +10,7 @@ here, with no script or outside resource.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
@@ -440,6 +441,7 @@ def campaign_summary_export_view(
 # --- comparison ------------------------------------------------------------------------------
 
 COMPARE_MAX = 12
+_ID = re.compile(r"[0-9]{1,18}")
 
 
 def _ids(request: HttpRequest) -> list[int]:
@@ -447,7 +449,9 @@ def _ids(request: HttpRequest) -> list[int]:
     for value in request.GET.getlist("ids"):
         for part in value.split(","):
             part = part.strip()
-            if part.isdigit() and int(part) not in ids:
+            # ASCII digits that fit a 64-bit id: str.isdigit() also takes "²", which int()
+            # refuses, and a longer number overflows the database's integer (both were 500s).
+            if _ID.fullmatch(part) and int(part) not in ids:
                 ids.append(int(part))
     return ids[:COMPARE_MAX]
 

@@ -29,10 +29,13 @@ import itertools
 import json
 import operator
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Literal
+from xml.etree import ElementTree
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -236,11 +239,14 @@ def _detect_encoding(fh: IO[bytes]) -> str:
     Windows writes as "CSV", and Latin-1 when even that does not fit (it always decodes)."""
     fh.seek(0)
     head = fh.read(4)
+    candidates = ["utf-8", "cp1252"]
+    # A byte-order mark names the encoding, but only a file that then decodes is believed:
+    # a BOM followed by bytes invalid in it failed later with a UnicodeDecodeError (a 500).
     if head.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    for encoding in ("utf-8", "cp1252"):
+        candidates.insert(0, "utf-8-sig")
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        candidates.insert(0, "utf-16")
+    for encoding in candidates:
         fh.seek(0)
         decoder = codecs.getincrementaldecoder(encoding)()
         try:
@@ -347,7 +353,7 @@ class XlsxSource(Source):
         try:
             # data_only: a formula cell gives the value Excel shows, not the formula.
             self._book = openpyxl.load_workbook(fh, read_only=True, data_only=True)
-        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+        except (InvalidFileException, *_BROKEN_ZIP) as exc:
             raise FileError(f"The file cannot be read as an Excel workbook ({exc}).") from exc
         sheets = self._book.worksheets
         if not sheets:
@@ -361,7 +367,7 @@ class XlsxSource(Source):
         self._estimate = sheet.max_row or 0
         # Some programs write a wrong sheet size; read what is really there.
         sheet.reset_dimensions()
-        self._rows = enumerate(sheet.iter_rows(values_only=True), start=1)
+        self._rows = _readable(enumerate(sheet.iter_rows(values_only=True), start=1))
         self._line = 0
         for line, values in self._rows:
             cells = [cell_text(v) for v in values]
@@ -380,6 +386,31 @@ class XlsxSource(Source):
                 self.blank_lines += 1
                 continue
             yield SourceRow(line, cells)
+
+
+# What a damaged zip archive or sheet raises from the standard library while openpyxl reads
+# it: the archive's directory or a compressed part is broken, or the XML inside is.
+_BROKEN_ZIP = (
+    zipfile.BadZipFile,
+    KeyError,
+    OSError,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,  # a member flagged as encrypted
+    zlib.error,
+    struct.error,
+    ElementTree.ParseError,
+)
+
+
+def _readable(rows: Iterator[Any]) -> Iterator[Any]:
+    """The sheet's rows, read lazily from the archive; damage found on the way is a FileError
+    (the import then reports the file as unreadable and changes nothing)."""
+    try:
+        yield from rows
+    except _BROKEN_ZIP as exc:
+        raise FileError(f"The file cannot be read as an Excel workbook ({exc}).") from exc
 
     def fraction(self) -> float:
         return min(self._line / self._estimate, 1.0) if self._estimate else 0.0

@@ -40,6 +40,11 @@ LEADCENTER_BATCH_SIZE = env_int("LEADCENTER_BATCH_SIZE", 50, minimum=1)
 LEADCENTER_RETRY_BASE = env_duration("LEADCENTER_RETRY_BASE", "5m")
 LEADCENTER_ACCOUNT_MAX_FAILURES = env_int("LEADCENTER_ACCOUNT_MAX_FAILURES", 5, minimum=1)
 LEADCENTER_IN_DOUBT_AFTER = env_duration("LEADCENTER_IN_DOUBT_AFTER", "15m")
+# Admin log-in throttling (leadcenter.throttle): failed attempts allowed per username and
+# address, and per address whatever the username, within the lock-out window.
+LEADCENTER_LOGIN_FAILURES = env_int("LEADCENTER_LOGIN_FAILURES", 5, minimum=1)
+LEADCENTER_LOGIN_IP_FAILURES = env_int("LEADCENTER_LOGIN_IP_FAILURES", 50, minimum=1)
+LEADCENTER_LOGIN_LOCKOUT = env_duration("LEADCENTER_LOGIN_LOCKOUT", "15m")
 # Domain of our Message-ID headers; defaults to the host of LEADCENTER_BASE_URL.
 LEADCENTER_MESSAGE_ID_DOMAIN = env_str(
     "LEADCENTER_MESSAGE_ID_DOMAIN", urlsplit(LEADCENTER_BASE_URL).hostname or "localhost"

@@ -154,3 +154,19 @@ class BounceMailboxAdmin(admin.ModelAdmin):
     list_select_related = ["account"]
     autocomplete_fields = ["account"]
     readonly_fields = ["last_polled_at", "last_error"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: BounceMailbox | None = None) -> list:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # View only: the admin would show the stored password as text.
+        return [
+            (name, {**options, "fields": [
+                "password_stored" if f == "password" else f for f in options["fields"]
+            ]})
+            for name, options in fieldsets
+        ]  # fmt: skip
+
+    @admin.display(description="password")
+    def password_stored(self, obj: BounceMailbox) -> str:
+        return "stored (never shown)" if obj.password else "none"

@@ -40,7 +40,7 @@ from anymail.signals import tracking as anymail_tracking
 from anymail.utils import get_anymail_setting, get_request_basic_auth
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+from django.core.exceptions import SuspiciousOperation
 from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern
@@ -566,16 +566,23 @@ def _guarded(view):
             response = HttpResponse("Missing or wrong webhook credentials.", status=401)
             response["WWW-Authenticate"] = 'Basic realm="LeadCenter webhooks"'
             return response
+        if view_class is not None:
+            # anymail reads its settings (signing keys) when it builds the view: a failure
+            # there is our own configuration (500), whatever the body.
+            view_class(**getattr(view, "view_initkwargs", {}))
         with collecting() as batch:
             try:
                 response = view(request, *args, **kwargs)
-            except (SuspiciousOperation, ImproperlyConfigured, DatabaseError):
-                # A bad signature (400, nothing stored), our own configuration (500), or
-                # the database is down (500: the ESP will send it again).
+            except (SuspiciousOperation, ImportError, DatabaseError):
+                # A bad signature (400, nothing stored), a package we lack (anymail's
+                # ImproperlyInstalled, 500), or the database is down (500: the ESP will send
+                # it again).
                 raise
             except Exception as exc:
-                # anymail could not parse the body. The caller passed the shared secret (or
-                # none is configured), so keep what it sent for a person to read.
+                # anymail could not parse the body (an AnymailConfigurationError here comes
+                # from the body too: a tracking payload posted to the inbound URL). The
+                # caller passed the shared secret (or none is configured), so keep what it
+                # sent for a person to read.
                 logger.warning("unreadable %s webhook: %s", esp_name, exc)
                 batch.append(event_payload(_unreadable(esp_name, _text(request.body), exc)))
                 response = HttpResponse("Unreadable webhook body.", status=400)
