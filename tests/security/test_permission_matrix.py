@@ -26,6 +26,7 @@ from django.urls import URLPattern, URLResolver, reverse
 from django_q.models import OrmQ
 
 from campaigns.models import Campaign, CampaignRun
+from contacts.models import Suppression
 from tests.security.conftest import ROLES, assert_no_secret, body, file_text
 
 pytestmark = pytest.mark.django_db
@@ -91,6 +92,7 @@ GET_MATRIX: dict[str, tuple] = {
     "contacts_contact_import_job": SUPERUSER,  # the superuser's own job
     "contacts_contact_import_rejects": SUPERUSER,
     "contacts_contact_export":     (L, NO, OK, NO, OK),
+    "contacts_contact_lift_suppression": POST_ONLY,
     **_model("contacts_suppression", EVERYONE, (L, NO, NO, OK, OK), EVERYONE, SUPERUSER,
              EVERYONE),
     # Sending accounts and campaigns: Staff look, Managers change and control.
@@ -169,6 +171,7 @@ POST_MATRIX: dict[str, tuple] = {
     "campaigns_message_export":      (L, NO, R, NO, R),  # starts a background export job
     "campaigns_recipient_export":    (L, NO, R, NO, R),
     "contacts_contact_process_import": (L, NO, NO, NO, R),
+    "contacts_contact_lift_suppression": (L, NO, NO, R, R),
 }
 # fmt: on
 
@@ -238,6 +241,14 @@ def url_for(key: str, world: dict) -> str:
         return reverse("admin:auth_user_password_change", args=[world["auth.user"].pk])
     if key.startswith("campaigns_exportjob_"):
         return reverse(f"admin:{key}", args=[world["export_job"].pk])
+    if key == "contacts_contact_lift_suppression":
+        # The contact page lifts the entries of the contact's own address (the POST test
+        # adds one; another address's entry is refused as not found).
+        contact = world["contacts.contact"]
+        entry = Suppression.objects.filter(email=contact.email.lower()).first()
+        return reverse(
+            f"admin:{key}", args=[contact.pk, (entry or world["contacts.suppression"]).pk]
+        )
     if key == "contacts_contact_import_job":
         return reverse(f"admin:{key}", args=[world["import_job"].id])
     if key == "contacts_contact_import_rejects":
@@ -341,6 +352,8 @@ def test_who_may_run_each_admin_action(clients, world, key):
     # delete_selected answers with its confirmation page, which only shows when the person
     # may delete (it lists the protected rows that stop it, if any).
     data = {"action": name, ACTION_CHECKBOX_NAME: [str(obj.pk)]}
+    if name == "lift_suppressions":  # the action asks for the reason first
+        data.update(confirm="yes", lift_reason="Checked with the person")
     got = []
     for role in ROLES:
         # Each role on the same world: what one role's action did is rolled back.
@@ -362,6 +375,10 @@ def test_who_may_run_each_admin_action(clients, world, key):
 
 @pytest.mark.parametrize("key", sorted(POST_MATRIX))
 def test_who_may_post_to_each_page_with_side_effects(clients, world, key):
+    if key == "contacts_contact_lift_suppression":
+        Suppression.objects.create(
+            email=world["contacts.contact"].email.lower(), reason=Suppression.Reason.MANUAL
+        )
     if key == "campaigns_campaign_resume":
         Campaign.objects.filter(pk=world["campaigns.campaign"].pk).update(state="paused")
         CampaignRun.objects.filter(pk=world["campaigns.campaignrun"].pk).update(status="paused")
@@ -372,6 +389,7 @@ def test_who_may_post_to_each_page_with_side_effects(clients, world, key):
             "contact": world["contacts.contact"].pk,
             "to": "tester@example.test",
         },
+        "contacts_contact_lift_suppression": {"lift_reason": "Checked with the person"},
         "contacts_contact_process_import": {
             "import_file_name": world["import_job"].id,
             "original_file_name": "people.csv",
