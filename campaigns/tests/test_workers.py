@@ -26,8 +26,8 @@ from django_q.tasks import async_task
 from campaigns.models import CampaignRun, Message
 from campaigns.services import campaign_launch
 from campaigns.simulator import SimulatedInternet, SimulatorServer
-from campaigns.tests.test_crash import ROOT, _database_url
 from contacts.models import Contact
+from leadcenter.testing import ROOT, database_url, received
 
 S = Message.Status
 RunStatus = CampaignRun.Status
@@ -88,7 +88,7 @@ class Cluster:
 def _env(**extra: str) -> dict[str, str]:
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "Q_WORKERS": "1",
         # django-q logs through the root logger here: INFO shows when a cluster is running and
         # which tasks it processed, for the failure messages.
@@ -153,20 +153,11 @@ def _task_recorded(func: str) -> Callable[[], bool]:
     return lambda: Task.objects.filter(func=func).exists()
 
 
-def _received(server: SimulatorServer) -> Counter:
-    received: Counter = Counter()
-    for delivery in server.handler.delivered:
-        message_id = message_from_bytes(delivery.data, policy=policy.default)["Message-ID"]
-        for rcpt in delivery.rcpt_to:
-            received[(rcpt, message_id)] += 1
-    return received
-
-
 def _assert_sent_once_each(run: CampaignRun, server: SimulatorServer, logs: str) -> None:
     expected = set(run.messages.values_list("recipient__email", "message_id"))
-    received = _received(server)
-    assert [key for key, n in received.items() if n > 1] == [], logs
-    assert set(received) == expected, logs
+    sink = received(server)
+    assert [key for key, n in sink.items() if n > 1] == [], logs
+    assert set(sink) == expected, logs
     assert Counter(run.messages.values_list("status", flat=True)) == {S.SENT: len(expected)}
     # Claimed once each: a second claim would have counted a second attempt.
     assert set(run.messages.values_list("attempts", flat=True)) == {1}
@@ -206,7 +197,7 @@ def test_a_cluster_on_the_orm_broker_prepares_and_sends_a_launched_run(
     assert run.total_recipients == 20
     _assert_task_succeeded("campaigns.tasks.run_prepare", logs)
     _assert_sent_once_each(run, smtp_server, logs)
-    assert Counter(rcpt for rcpt, _ in _received(smtp_server)) == dict.fromkeys(emails, 1)
+    assert Counter(rcpt for rcpt, _ in received(smtp_server)) == dict.fromkeys(emails, 1)
     assert OrmQ.objects.count() == 0  # acknowledged
 
 
@@ -275,7 +266,7 @@ def test_a_cluster_on_the_redis_broker_prepares_and_sends_a_launched_run(
     assert run.total_recipients == 20
     _assert_task_succeeded("campaigns.tasks.run_prepare", logs)
     _assert_sent_once_each(run, smtp_server, logs)
-    assert Counter(rcpt for rcpt, _ in _received(smtp_server)) == dict.fromkeys(emails, 1)
+    assert Counter(rcpt for rcpt, _ in received(smtp_server)) == dict.fromkeys(emails, 1)
     assert OrmQ.objects.count() == 0  # nothing went through the ORM broker
 
 
