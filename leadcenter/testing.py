@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -166,3 +167,68 @@ def crash_trial(
         restart_exit_code=restarted.returncode,
         seconds=round(time.monotonic() - started, 2),
     )
+
+
+class Cluster:
+    """One `manage.py qcluster` in its own session, its output in a file (a pipe nobody reads
+    would fill up and block the cluster)."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # so the workers it forks can be killed with it
+        )
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def wait_until_running(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while " running." not in self.output():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"cluster {self.name} did not start:\n{self.output()}")
+            time.sleep(0.1)
+
+    def terminate(self) -> None:
+        """SIGTERM: the cluster finishes its tasks, stops its workers and exits."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL for the whole session if it takes too long or left anything
+        behind."""
+        if self.process.poll() is None:
+            self.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        self.log.close()
+
+
+def cluster_env(**extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "Q_WORKERS": "1",
+        # django-q logs through the root logger here: INFO shows when a cluster is running and
+        # which tasks it processed, for the failure messages.
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+    if "REDIS_URL" not in extra:
+        env.pop("REDIS_URL", None)
+    return env

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,77 +26,12 @@ from campaigns.models import CampaignRun, Message
 from campaigns.services import campaign_launch
 from campaigns.simulator import SimulatedInternet, SimulatorServer
 from contacts.models import Contact
-from leadcenter.testing import ROOT, database_url, received
+from leadcenter.testing import ROOT, Cluster, cluster_env, received
 
 S = Message.Status
 RunStatus = CampaignRun.Status
 TIMEOUT = 90  # seconds a run may take before the test gives up and shows the clusters' logs
 REDIS_URL = os.environ.get("LEADCENTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
-
-
-class Cluster:
-    """One `manage.py qcluster` in its own session, its output in a file (a pipe nobody reads
-    would fill up and block the cluster)."""
-
-    def __init__(self, name: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # so the workers it forks can be killed with it
-        )
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def wait_until_running(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while " running." not in self.output():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"cluster {self.name} did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def terminate(self) -> None:
-        """SIGTERM: the cluster finishes its tasks, stops its workers and exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL for the whole session if it takes too long or left anything
-        behind."""
-        if self.process.poll() is None:
-            self.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-        self.log.close()
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "Q_WORKERS": "1",
-        # django-q logs through the root logger here: INFO shows when a cluster is running and
-        # which tasks it processed, for the failure messages.
-        "LOG_LEVEL": "INFO",
-        **extra,
-    }
-    if "REDIS_URL" not in extra:
-        env.pop("REDIS_URL", None)
-    return env
 
 
 @pytest.fixture
@@ -107,7 +41,7 @@ def clusters(transactional_db) -> Iterator[Callable[..., Cluster]]:
     started: list[Cluster] = []
 
     def start(name: str = "cluster", **env: str) -> Cluster:
-        cluster = Cluster(name, _env(**env))
+        cluster = Cluster(name, cluster_env(**env))
         started.append(cluster)
         return cluster
 
@@ -251,7 +185,7 @@ def test_a_cluster_on_the_redis_broker_prepares_and_sends_a_launched_run(
     launch = subprocess.run(
         [sys.executable, "manage.py", "launch_campaign", "Workers Redis"],
         cwd=ROOT,
-        env=_env(REDIS_URL=redis_db),
+        env=cluster_env(REDIS_URL=redis_db),
         capture_output=True,
         text=True,
         timeout=60,
