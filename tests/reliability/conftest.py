@@ -24,6 +24,18 @@ OUT = ROOT / "var" / "reliability"
 _recorded: list[tuple[str, dict]] = []
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_figures(django_db_setup, django_db_blocker) -> None:
+    """RELIABILITY_FRESH=1 (make test-reliability): this database's figures of an earlier run
+    are removed first, so the report shows only this run's."""
+    import os
+    import shutil
+
+    if os.environ.get("RELIABILITY_FRESH") == "1":
+        with django_db_blocker.unblock():
+            shutil.rmtree(OUT / connection.vendor, ignore_errors=True)
+
+
 @pytest.fixture
 def figures() -> Callable[[str, dict], Path]:
     def record(name: str, data: dict) -> Path:

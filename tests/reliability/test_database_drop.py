@@ -1,8 +1,8 @@
 """The database connection dropped mid-batch (PostgreSQL: pg_terminate_backend of every backend
-of the workers, three times during a run) and recovered: the worker (a real django-q2 cluster)
-survives, nothing is sent twice, and the run completes. A message whose outcome could not be
-written when its connection died stays in doubt (`sending`): never resent, left to a person;
-none is lost."""
+of the workers, three times during a run of RELIABILITY_DROP_RECIPIENTS, 600) and recovered:
+the worker (a real django-q2 cluster) survives, nothing is sent twice, and the run completes. A
+message whose outcome could not be written when its connection died stays in doubt (`sending`):
+never resent, left to a person; none is lost."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from campaigns.models import CampaignRun, Message
 from campaigns.services import campaign_launch
 from campaigns.simulator import SimulatedInternet, SimulatorServer
 from leadcenter.testing import Cluster, audience_add, cluster_env, received
+from tests.reliability.sizes import DROP_RECIPIENTS
 
 S = Message.Status
-RECIPIENTS = 600
+RECIPIENTS = DROP_RECIPIENTS
 BATCH = 20
 DROPS = 3
 TIMEOUT = 240

@@ -38,7 +38,7 @@ REDIS_URL = os.environ.get("RELIABILITY_REDIS_URL", "redis://127.0.0.1:6379/12")
 TARGET_URL = "https://example.test/offer"
 HUMAN = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36"
 # Recipients of the run sent during the load: enough to keep the worker busy all along.
-SENDING_RUN = max(1000, 60 * LOAD_SECONDS)
+SENDING_RUN = max(500, 60 * LOAD_SECONDS)
 
 
 @pytest.fixture
