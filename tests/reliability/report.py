@@ -123,7 +123,8 @@ def _load_figures(d: dict | None) -> list[str]:
         f"counts that differ from the requests made: {d['mismatched_event_counts']} (events), "
         f"{d['mismatched_message_counters']} (counters). Drained during the load "
         f"{d['drained_during_load']}, after it {d['drained_after_load']} "
-        f"in {d['drain_after_seconds']} s.",
+        f"in {d['drain_after_seconds']} s; drain runs that failed (and left their events for "
+        f"the next): {d.get('drain_runs_failed', 0)} {d.get('drain_failures') or ''}.",
         f"- Meanwhile the worker sent {d['run_sent_during_load']} of {d['run_recipients']} "
         f"(busy all along: {_yes(d.get('worker_sending_all_along', False))}), "
         f"{d['run_sent_twice']} twice.",
