@@ -7,7 +7,7 @@ PORT ?= 8000
 SMTP_PORT ?= 2525
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve test lint check bench clean
+.PHONY: install demo serve test test-reliability lint check bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,23 @@ serve: install
 	echo "Workers (qcluster, log in var/qcluster.log) and the simulated internet (127.0.0.1:$(SMTP_PORT)) run too. Ctrl-C stops all three."; \
 	wait
 
+# The reliability suite (tests/reliability/, RELIABILITY.md) is long: it runs on its own.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/reliability $(PYTEST_ARGS)
+
+# Full sizes by default (10 crash trials of 5,000 recipients, 60 s of load); CI sets smaller
+# ones (RELIABILITY_TRIALS, RELIABILITY_RECIPIENTS, LOAD_SECONDS). PostgreSQL by default, as in
+# production (the database-drop test needs it); RELIABILITY_DATABASE_URL= runs it on SQLite.
+# The figures land in var/reliability/ and in RELIABILITY.md.
+# RELIABILITY_REPORT= prints the figures instead of writing them into RELIABILITY.md (CI).
+RELIABILITY_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/leadcenter_reliability
+RELIABILITY_REPORT ?= RELIABILITY.md
+test-reliability: install
+	@mkdir -p var/reliability
+	DATABASE_URL="$(RELIABILITY_DATABASE_URL)" RELIABILITY_FRESH=1 \
+		$(PY) -m pytest tests/reliability -p no:cacheprovider \
+		$(if $(findstring postgres,$(RELIABILITY_DATABASE_URL)),--create-db) $(PYTEST_ARGS)
+	$(PY) -m tests.reliability.report $(if $(RELIABILITY_REPORT),--write $(RELIABILITY_REPORT))
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -99,11 +99,13 @@ class SmtpSession:
         connection = self.connection
         try:
             code, text = _command(connection, "mail", "FROM:", envelope_from)
+            if code == 421:
+                # The server closes the connection after a 421 (RFC 5321 3.8): an RSET first
+                # would fail on it and lose this reply.
+                self._drop()
+                return _reply(code, text, "mail")
             if code != 250:
                 connection.rset()
-                if code == 421:
-                    self._drop()
-                    return _reply(code, text, "mail")
                 raise AccountError(f"sender {envelope_from} refused: {code} {_decode(text)}")
             code, text = _command(connection, "rcpt", "TO:", recipient)
             if code not in (250, 251):

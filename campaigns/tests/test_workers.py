@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,78 +25,13 @@ from django_q.tasks import async_task
 from campaigns.models import CampaignRun, Message
 from campaigns.services import campaign_launch
 from campaigns.simulator import SimulatedInternet, SimulatorServer
-from campaigns.tests.test_crash import ROOT, _database_url
 from contacts.models import Contact
+from leadcenter.testing import ROOT, Cluster, cluster_env, received
 
 S = Message.Status
 RunStatus = CampaignRun.Status
 TIMEOUT = 90  # seconds a run may take before the test gives up and shows the clusters' logs
 REDIS_URL = os.environ.get("LEADCENTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
-
-
-class Cluster:
-    """One `manage.py qcluster` in its own session, its output in a file (a pipe nobody reads
-    would fill up and block the cluster)."""
-
-    def __init__(self, name: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # so the workers it forks can be killed with it
-        )
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def wait_until_running(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while " running." not in self.output():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"cluster {self.name} did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def terminate(self) -> None:
-        """SIGTERM: the cluster finishes its tasks, stops its workers and exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL for the whole session if it takes too long or left anything
-        behind."""
-        if self.process.poll() is None:
-            self.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-        self.log.close()
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "Q_WORKERS": "1",
-        # django-q logs through the root logger here: INFO shows when a cluster is running and
-        # which tasks it processed, for the failure messages.
-        "LOG_LEVEL": "INFO",
-        **extra,
-    }
-    if "REDIS_URL" not in extra:
-        env.pop("REDIS_URL", None)
-    return env
 
 
 @pytest.fixture
@@ -107,7 +41,7 @@ def clusters(transactional_db) -> Iterator[Callable[..., Cluster]]:
     started: list[Cluster] = []
 
     def start(name: str = "cluster", **env: str) -> Cluster:
-        cluster = Cluster(name, _env(**env))
+        cluster = Cluster(name, cluster_env(**env))
         started.append(cluster)
         return cluster
 
@@ -153,20 +87,11 @@ def _task_recorded(func: str) -> Callable[[], bool]:
     return lambda: Task.objects.filter(func=func).exists()
 
 
-def _received(server: SimulatorServer) -> Counter:
-    received: Counter = Counter()
-    for delivery in server.handler.delivered:
-        message_id = message_from_bytes(delivery.data, policy=policy.default)["Message-ID"]
-        for rcpt in delivery.rcpt_to:
-            received[(rcpt, message_id)] += 1
-    return received
-
-
 def _assert_sent_once_each(run: CampaignRun, server: SimulatorServer, logs: str) -> None:
     expected = set(run.messages.values_list("recipient__email", "message_id"))
-    received = _received(server)
-    assert [key for key, n in received.items() if n > 1] == [], logs
-    assert set(received) == expected, logs
+    sink = received(server)
+    assert [key for key, n in sink.items() if n > 1] == [], logs
+    assert set(sink) == expected, logs
     assert Counter(run.messages.values_list("status", flat=True)) == {S.SENT: len(expected)}
     # Claimed once each: a second claim would have counted a second attempt.
     assert set(run.messages.values_list("attempts", flat=True)) == {1}
@@ -206,7 +131,7 @@ def test_a_cluster_on_the_orm_broker_prepares_and_sends_a_launched_run(
     assert run.total_recipients == 20
     _assert_task_succeeded("campaigns.tasks.run_prepare", logs)
     _assert_sent_once_each(run, smtp_server, logs)
-    assert Counter(rcpt for rcpt, _ in _received(smtp_server)) == dict.fromkeys(emails, 1)
+    assert Counter(rcpt for rcpt, _ in received(smtp_server)) == dict.fromkeys(emails, 1)
     assert OrmQ.objects.count() == 0  # acknowledged
 
 
@@ -260,7 +185,7 @@ def test_a_cluster_on_the_redis_broker_prepares_and_sends_a_launched_run(
     launch = subprocess.run(
         [sys.executable, "manage.py", "launch_campaign", "Workers Redis"],
         cwd=ROOT,
-        env=_env(REDIS_URL=redis_db),
+        env=cluster_env(REDIS_URL=redis_db),
         capture_output=True,
         text=True,
         timeout=60,
@@ -275,7 +200,7 @@ def test_a_cluster_on_the_redis_broker_prepares_and_sends_a_launched_run(
     assert run.total_recipients == 20
     _assert_task_succeeded("campaigns.tasks.run_prepare", logs)
     _assert_sent_once_each(run, smtp_server, logs)
-    assert Counter(rcpt for rcpt, _ in _received(smtp_server)) == dict.fromkeys(emails, 1)
+    assert Counter(rcpt for rcpt, _ in received(smtp_server)) == dict.fromkeys(emails, 1)
     assert OrmQ.objects.count() == 0  # nothing went through the ORM broker
 
 
