@@ -340,6 +340,62 @@ def test_an_unparseable_mailgun_body_is_answered_400_and_records_nothing(client,
 # --- Postmark: the shared secret (HTTP basic auth) -----------------------------------------
 
 
+# --- Amazon SES: SNS notifications behind the shared secret --------------------------------
+
+SES_URL = "/anymail/amazon_ses/tracking/"
+
+
+def ses_notification(ses_event: dict) -> tuple[str, dict[str, str]]:
+    """An SNS HTTP notification carrying an SES event, with the headers SNS sends."""
+    sns_id = str(uuid.uuid4())
+    body = {
+        "Type": "Notification",
+        "MessageId": sns_id,
+        "TopicArn": "arn:aws:sns:eu-west-1:123456789012:ses-events",
+        "Message": json.dumps(ses_event),
+        "Timestamp": timezone.now().isoformat().replace("+00:00", "Z"),
+        "SignatureVersion": "1",
+        "Signature": "unused",
+        "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/cert.pem",
+    }
+    headers = {
+        "HTTP_X_AMZ_SNS_MESSAGE_TYPE": "Notification",
+        "HTTP_X_AMZ_SNS_MESSAGE_ID": sns_id,
+    }
+    return json.dumps(body), headers
+
+
+def test_an_amazon_ses_hard_bounce_through_sns_is_applied(client, with_secret, send):
+    message = send("gone@example.test")["gone@example.test"]
+    body, headers = ses_notification(
+        {
+            "eventType": "Bounce",
+            "mail": {"messageId": esp_id(message), "destination": ["gone@example.test"]},
+            "bounce": {
+                "bounceType": "Permanent",
+                "bounceSubType": "General",
+                "bouncedRecipients": [
+                    {
+                        "emailAddress": "gone@example.test",
+                        "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+                    }
+                ],
+            },
+        }
+    )
+
+    refused = client.post(SES_URL, body, content_type="text/plain", **headers)
+    response = client.post(SES_URL, body, content_type="text/plain", **headers, **basic_auth())
+
+    assert refused.status_code == 401
+    assert response.status_code == 200
+    assert fresh(message).status == S.BOUNCED
+    rejection = Rejection.objects.get()
+    assert (rejection.kind, rejection.category) == ("hard", "user_not_found")
+    [event] = webhook_events()
+    assert event.source == "webhook:amazon_ses"
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, basic_auth("anymail:wrong"), {"HTTP_AUTHORIZATION": "Bearer " + SECRET}],
@@ -807,8 +863,14 @@ def test_nul_characters_from_an_esp_are_dropped_not_fatal(sync, send):
     """PostgreSQL text refuses NUL; JSON can carry it ("\\u0000")."""
     message = send("ada@example.test")["ada@example.test"]
 
-    signal(anymail_event(message, EventType.OPENED, user_agent="Mozilla/5.0\x00",
-                         esp_event={"agent": "Mozilla/5.0\x00"}))
+    signal(
+        anymail_event(
+            message,
+            EventType.OPENED,
+            user_agent="Mozilla/5.0\x00",
+            esp_event={"agent": "Mozilla/5.0\x00"},
+        )
+    )
 
     [event] = webhook_events()
     assert event.user_agent == "Mozilla/5.0"
