@@ -587,6 +587,22 @@ _EVENT_STATUS: dict[str, str | None] = {
 }
 
 
+def _rejection_outcome(event: InboundEvent) -> tuple[Classification, str]:
+    """A bounce, failure or deferral reported after sending: its classification by the
+    rejection table, and the status it moves the message to (a deferral or a temporary failure
+    is a soft bounce; a permanent one is bounced when hard, failed otherwise)."""
+    classification = classify_rejection(
+        smtp_code=event.smtp_code,
+        smtp_status=event.smtp_status,
+        text=event.diagnostic,
+        esp_fields=event.esp_fields,
+        reject_reason=event.reject_reason,
+    )
+    if event.type == E.DEFERRED or not event.permanent:
+        return classification, S.SOFT_BOUNCED
+    return classification, S.BOUNCED if classification.is_hard else S.FAILED
+
+
 def event_record(event: InboundEvent) -> TransitionResult:
     """Match an outside event to its message, record it once, and apply it: the status
     through the state machine, and the consequences of DESIGN.md (a hard rejection marks the
@@ -604,19 +620,7 @@ def event_record(event: InboundEvent) -> TransitionResult:
         "raw": event.raw,
     }
     if event.type in (E.BOUNCED, E.FAILED, E.DEFERRED) and message_id is not None:
-        classification = classify_rejection(
-            smtp_code=event.smtp_code,
-            smtp_status=event.smtp_status,
-            text=event.diagnostic,
-            esp_fields=event.esp_fields,
-            reject_reason=event.reject_reason,
-        )
-        if event.type == E.DEFERRED or not event.permanent:
-            status = S.SOFT_BOUNCED
-        elif classification.is_hard:
-            status = S.BOUNCED
-        else:
-            status = S.FAILED
+        classification, status = _rejection_outcome(event)
         return message_reject(
             message_id=message_id,
             classification=classification,
@@ -938,19 +942,7 @@ def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | 
     row, when, current = message.row, event.occurred_at, message.status
     contact_id = row["recipient__contact_id"]
     if event.type in (E.BOUNCED, E.FAILED, E.DEFERRED):  # as event_record and message_reject
-        classification = classify_rejection(
-            smtp_code=event.smtp_code,
-            smtp_status=event.smtp_status,
-            text=event.diagnostic,
-            esp_fields=event.esp_fields,
-            reject_reason=event.reject_reason,
-        )
-        if event.type == E.DEFERRED or not event.permanent:
-            status = S.SOFT_BOUNCED
-        elif classification.is_hard:
-            status = S.BOUNCED
-        else:
-            status = S.FAILED
+        classification, status = _rejection_outcome(event)
         event_type = {S.BOUNCED: E.BOUNCED, S.FAILED: E.FAILED}.get(status, E.DEFERRED)
         message.apply(event_type, when)
         moved = message.move(status, when)
