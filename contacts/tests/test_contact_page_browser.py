@@ -30,7 +30,10 @@ def test_a_support_agent_reads_a_contacts_history_and_lifts_its_suppression(
     page.goto(f"{live_server.url}/admin/contacts/contact/?q=berg")
     page.click("#result_list a:has-text('user-unknown-bo@example.test')")
 
+    # The click navigates: wait for the new page's history before reading it.
+    page.wait_for_url("**/change/**")
     history = page.locator(".lc-contact-extra")
+    history.get_by_text("Hard rejection: User not found").wait_for()
     assert "Hard rejection: User not found" in history.inner_text()
     assert page.locator(".lc-email-head .lc-msg-status").all_inner_texts() == ["Bounced"]
     shoot(page, tmp_path, "contact_history")
