@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -761,6 +762,42 @@ def _recipient_sent_fields(message: Message, now: datetime) -> dict[str, object]
 
 
 _UNKNOWN = object()
+
+
+def recipients_restore(*, message_ids: Iterable[int]) -> int:
+    """Recipients failed by a hard bounce that engagement has since disproved (an open, a
+    click or a reply to the bounced message): back to where the send left them, as if the
+    bounce had arrived after the engagement (then it changes nothing): partial with the next
+    step scheduled from the message's sending, or sent when no step is left or the run is over.
+    Only a recipient whose failure is that message's: its latest step, and still failed.
+    Returns the number of recipients restored."""
+    messages = (
+        Message.objects.filter(
+            pk__in=list(message_ids),
+            recipient__status=R.FAILED,
+            status__in=[S.OPENED, S.CLICKED, S.REPLIED],
+        )
+        .exclude(
+            Exists(
+                Message.objects.filter(
+                    recipient=OuterRef("recipient"), step__position__gt=OuterRef("step__position")
+                )
+            )
+        )
+        .select_related("step")
+        .annotate(run_status=F("run__status"))
+    )
+    restored = 0
+    for message in messages:
+        sent_at = message.sent_at or message.status_changed_at or timezone.now()
+        fields = _recipient_sent_fields(message, sent_at)
+        if message.run_status not in (*SENDING_RUNS, RunStatus.PAUSED):
+            fields.update(status=R.SENT, next_step_at=None)  # nothing more goes out in it
+        fields.pop("last_action_at")  # the engagement's own time is the last action
+        restored += Recipient.objects.filter(pk=message.recipient_id, status=R.FAILED).update(
+            **fields
+        )
+    return restored
 
 
 def _next_step_delays(steps: list[CampaignStep]) -> dict[int, timedelta | None]:

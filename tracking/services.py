@@ -661,12 +661,15 @@ def event_record(event: InboundEvent) -> TransitionResult:
             # A person engaged with a message we thought bounced: the bounce was wrong (a late
             # or misattributed DSN), so its consequences are undone, whatever the order in
             # which the two arrived.
+            from campaigns.services import recipients_restore
+
             contact_revalidate(
                 contact_id=Message.objects.values_list("recipient__contact_id", flat=True).get(
                     pk=message_id
                 ),
                 reason=f"{event.type} after the bounce proves the address works",
             )
+            recipients_restore(message_ids=[message_id])
     return result
 
 
@@ -766,6 +769,7 @@ class _Batch:
         self.failed_recipients: set[int] = set()
         self.invalid: dict[int, str] = {}  # contact id -> why (the first hard rejection)
         self.revalid: dict[int, str] = {}  # contact id -> why (the first proof of life)
+        self.restored: list[int] = []  # messages whose hard bounce engagement disproved
         self.unsubscribed: dict[int, datetime] = {}  # contact id -> first unsubscribe time
         self.topic_opt_outs: set[tuple[int, int]] = set()  # (contact id, topic id)
         self.suppressions: list[tuple[str, str, str, str]] = []  # email, reason, source, note
@@ -1028,6 +1032,7 @@ def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | 
             contact_id, f"{event.type} after the bounce proves the address works"
         )
         batch.contact_emails[contact_id] = row["recipient__contact__email"] or ""
+        batch.restored.append(row["pk"])
 
 
 def _batch_write(batch: _Batch, messages: dict[int, _Message]) -> None:
@@ -1113,6 +1118,10 @@ def _batch_write(batch: _Batch, messages: dict[int, _Message]) -> None:
         Suppression.objects.filter(
             email__in=emails, reason=Suppression.Reason.HARD_BOUNCE, lifted_at__isnull=True
         ).update(lifted_at=now, lift_reason=reason[:255])
+    if batch.restored:
+        from campaigns.services import recipients_restore
+
+        recipients_restore(message_ids=batch.restored)
 
 
 # How _batch_write sets each Message column: a counter grows by the batch's count, a first-seen

@@ -8,12 +8,12 @@ from itertools import permutations
 import pytest
 from django.utils import timezone
 
-from campaigns.models import Message
+from campaigns.models import CampaignRun, Message, Recipient
 from contacts.models import Contact, Suppression
-from leadcenter.factories import MessageFactory
+from leadcenter.factories import CampaignStepFactory, MessageFactory
 from tracking.events import InboundEvent, dedupe_key
 from tracking.models import Rejection, TrackingEvent
-from tracking.services import event_record
+from tracking.services import event_record, events_apply
 
 pytestmark = pytest.mark.django_db
 S = Message.Status
@@ -65,6 +65,60 @@ def test_events_in_any_order_give_the_same_final_state(order):
     # Engagement proves the address works, whether the bounce came before or after it.
     assert Contact.objects.get().email_status == Contact.EmailStatus.VALID
     assert not Suppression.objects.filter(lifted_at__isnull=True).exists()
+
+
+def _two_step_sent_message(run_status: str) -> Message:
+    """Step 1 of a two-step campaign sent an hour ago, its lead partial as the send leaves it."""
+    message = sent_message()
+    CampaignStepFactory(campaign=message.run.campaign, position=2, delay=timedelta(days=2))
+    CampaignRun.objects.filter(pk=message.run_id).update(status=run_status)
+    Recipient.objects.filter(pk=message.recipient_id).update(
+        status=Recipient.Status.PARTIAL,
+        steps_sent=1,
+        next_step_at=message.sent_at + timedelta(days=2),
+    )
+    return message
+
+
+@pytest.mark.parametrize("writer", ["one by one", "batch"])
+@pytest.mark.parametrize(
+    ("run_status", "expected"),
+    [("running", ("partial", True)), ("paused", ("partial", True)), ("completed", ("sent", False))],
+)
+def test_engagement_after_a_hard_bounce_gives_the_lead_back(writer, run_status, expected):
+    """Bounce then click ends where click then bounce ends: the lead where the send left it
+    (partial, its follow-up due from the sending), or sent when the run is over."""
+    message = _two_step_sent_message(run_status)
+    bounce, click = event(E.BOUNCED, message, 1, **HARD), event(E.CLICKED, message, 2)
+
+    event_record(bounce)
+    recipient = Recipient.objects.get()
+    assert (recipient.status, recipient.next_step_at) == ("failed", None)
+    if writer == "batch":
+        events_apply([click])
+    else:
+        event_record(click)
+
+    recipient.refresh_from_db()
+    assert (recipient.status, recipient.next_step_at is not None) == expected
+    if expected[1]:
+        assert recipient.next_step_at == message.sent_at + timedelta(days=2)
+    assert Contact.objects.get().email_status == Contact.EmailStatus.VALID
+
+
+def test_engagement_disproving_an_earlier_bounce_leaves_a_later_one_alone():
+    message = _two_step_sent_message("running")
+    later = MessageFactory(
+        recipient=message.recipient, step=message.run.campaign.steps.get(position=2)
+    )
+    Message.objects.filter(pk=later.pk).update(status=S.SENT, sent_at=timezone.now())
+    event_record(event(E.BOUNCED, message, 1, **HARD))  # a late DSN for step 1
+    event_record(event(E.BOUNCED, later, 2, **HARD))
+
+    event_record(event(E.CLICKED, message, 3))  # proves step 1 went through, not step 2
+
+    assert Message.objects.get(pk=message.pk).status == S.CLICKED
+    assert Recipient.objects.get().status == Recipient.Status.FAILED
 
 
 def test_a_hard_bounce_invalidates_and_suppresses_the_address():
