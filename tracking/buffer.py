@@ -10,6 +10,7 @@ events are applied inline.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ from datetime import datetime
 from functools import cache
 
 from django.conf import settings
+from django.db import OperationalError
+from django.utils import timezone
 
 from tracking.events import InboundEvent, event_as_dict
 from tracking.models import TrackingEvent
@@ -78,7 +81,11 @@ def _classified(event: InboundEvent) -> InboundEvent:
 
 def events_drain(*, batch: int = 500, max_seconds: float = 50.0) -> int:
     """Apply queued events in order until the list is empty or time is up. One drainer at a
-    time (a Redis lock); items leave the list only after they are recorded."""
+    time (a Redis lock); items leave the list only after they are recorded, or, for an item
+    that cannot be applied (unreadable, or refused by the database on its own), after it is
+    set aside as an unmatched event saying why: one bad item never blocks the list. A database
+    that cannot be reached (or a deadlock) stops the drain with the batch still queued; the
+    next drain takes it again, and what was recorded already is recognised by its dedupe key."""
     if not is_buffered():
         return 0
     client = _redis()
@@ -91,20 +98,58 @@ def events_drain(*, batch: int = 500, max_seconds: float = 50.0) -> int:
             items = client.lrange(KEY, 0, batch - 1)
             if not items:
                 break
-            events = []
+            events: list[tuple[bytes, InboundEvent]] = []
             for item in items:
                 try:
                     data = json.loads(item)
                     data["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
-                    events.append(_classified(InboundEvent(**data)))
-                except (ValueError, TypeError, KeyError):  # a bad item must not block the rest
-                    logger.exception("unreadable queued tracking event: %r", item[:500])
-            events_record_many(events)
+                    events.append((item, _classified(InboundEvent(**data))))
+                except (ValueError, TypeError, KeyError, AttributeError) as error:
+                    _set_aside(item, error)
+            try:
+                events_record_many([event for _, event in events])
+            except OperationalError:
+                raise  # the database is away or the batch deadlocked: retried as it is
+            except Exception:  # one bad event: find it, keep the rest
+                logger.exception("a batch of queued tracking events failed; applying one by one")
+                _record_each(events)
             client.ltrim(KEY, len(items), -1)
             applied += len(items)
     finally:
         client.delete(LOCK)
     return applied
+
+
+def _record_each(events: list[tuple[bytes, InboundEvent]]) -> None:
+    for item, event in events:
+        try:
+            event_record(event)
+        except OperationalError:
+            raise
+        except Exception as error:
+            _set_aside(item, error)
+
+
+def _set_aside(item: bytes, error: Exception) -> None:
+    """Keep an item that cannot be applied where a person sees it: an unmatched event (the
+    admin's Tracking events list, empty message) with the reason and the item as queued."""
+    logger.error("queued tracking event not applied (%s): %r", error, item[:500])
+    text = item.decode(errors="replace").replace("\x00", "\ufffd")
+    try:
+        data = json.loads(text)
+        kind = str(data.get("type", ""))
+    except (ValueError, AttributeError):
+        kind = ""
+    TrackingEvent.objects.get_or_create(
+        dedupe_key=f"unapplied:{hashlib.sha256(item).hexdigest()}",
+        defaults={
+            "type": kind if kind in TrackingEvent.Type.values else TrackingEvent.Type.UNKNOWN,
+            "source": "tracking queue",
+            "occurred_at": timezone.now(),
+            "detail": f"Not applied: {type(error).__name__}: {error}".replace("\x00", "")[:2000],
+            "raw": text,
+        },
+    )
 
 
 def events_pending() -> int:

@@ -26,7 +26,8 @@ GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7
 
 
 def _user_agent(request: HttpRequest) -> str:
-    return request.headers.get("User-Agent", "")[:500]
+    # A NUL cannot be stored in a PostgreSQL text column.
+    return request.headers.get("User-Agent", "")[:500].replace("\x00", "")
 
 
 @require_http_methods(["GET", "HEAD"])

@@ -156,8 +156,11 @@ def test_the_bounce_mailbox_password_is_never_shown_back(superuser_client):
     from tracking.models import BounceMailbox
 
     box = BounceMailbox.objects.create(
-        account=SendingAccountFactory(), protocol="pop3", host="pop.example.test",
-        username="bounces", password="pop-s3cret-pw",
+        account=SendingAccountFactory(),
+        protocol="pop3",
+        host="pop.example.test",
+        username="bounces",
+        password="pop-s3cret-pw",
     )
 
     page = superuser_client.get(f"/admin/tracking/bouncemailbox/{box.pk}/change/")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -263,3 +265,32 @@ def test_a_drain_that_runs_twice_over_the_same_events_records_them_once(
 
     sent_message.refresh_from_db()
     assert sent_message.open_count == 1
+
+
+def test_a_queued_item_that_cannot_be_applied_is_set_aside_and_the_rest_recorded(
+    client, sent_message, redis_buffer
+):
+    """An item the drain cannot read (left by an older version) or the database refuses on
+    its own (a NUL, which PostgreSQL cannot store) never blocks the queue: it is kept as an
+    unmatched event saying why, and the good events around it are recorded."""
+    client.get(pixel(sent_message.pk), HTTP_USER_AGENT=BROWSER)
+    queue = redis_buffer._redis()
+    queue.rpush(redis_buffer.KEY, b'{"type": "opened", "from_an_older_version": 1}')
+    poisoned = {
+        "type": "opened", "source": "pixel", "occurred_at": timezone.now().isoformat(),
+        "dedupe_key": "pixel:nul", "message_pk": sent_message.pk, "user_agent": "a\x00b",
+    }  # fmt: skip
+    queue.rpush(redis_buffer.KEY, json.dumps(poisoned))
+    client.get(pixel(sent_message.pk), HTTP_USER_AGENT=BROWSER + "\x00")
+
+    redis_buffer.events_drain()
+
+    assert redis_buffer.events_pending() == 0
+    sent_message.refresh_from_db()
+    set_aside = TrackingEvent.objects.filter(message=None, source="tracking queue")
+    assert [e.detail.split(":")[0] for e in set_aside] == ["Not applied"] * set_aside.count()
+    assert set_aside.filter(raw__contains="from_an_older_version").exists()
+    nul_refused = connection.vendor == "postgresql"
+    assert set_aside.filter(raw__contains="pixel:nul").exists() == nul_refused
+    assert sent_message.open_count == (2 if nul_refused else 3)
+    assert set_aside.count() == (2 if nul_refused else 1)
