@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -28,6 +28,7 @@ from tracking.classification import classify_rejection
 from tracking.models import TrackingEvent
 from tracking.services import (
     Accepted,
+    is_write_conflict,
     message_reject,
     message_transition,
     messages_record_accepted,
@@ -582,15 +583,30 @@ def _record_sent(account: SendingAccount, accepted: list[tuple[Message, Reply, d
                 detail=reply.text,
             )
         )
-    with transaction.atomic():
-        _relaxed_commit()
-        messages_record_accepted(
-            accepted=rows,
-            from_status=S.SENDING,
-            status=S.DELIVERED if confirms else S.SENT,
-            event_type=E.DELIVERED if confirms else E.SENT,
-            source=TrackingEvent.Source.SMTP,
-        )
+    # In id order, as the tracking writers lock them, so the two rarely wait on each other.
+    rows.sort(key=lambda row: row.message_id)
+    for attempt in range(1, OUTCOME_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                _relaxed_commit()
+                messages_record_accepted(
+                    accepted=rows,
+                    from_status=S.SENDING,
+                    status=S.DELIVERED if confirms else S.SENT,
+                    event_type=E.DELIVERED if confirms else E.SENT,
+                    source=TrackingEvent.Source.SMTP,
+                )
+            return
+        except OperationalError as exc:
+            # These messages left us: giving up here would leave them in doubt. A deadlock
+            # or serialization failure with another writer is tried again.
+            if not is_write_conflict(exc) or attempt == OUTCOME_ATTEMPTS:
+                raise
+            logger.warning("recording %d sent messages: %s; again", len(rows), exc)
+            time.sleep(0.05 * attempt)
+
+
+OUTCOME_ATTEMPTS = 5
 
 
 class _RunStatusCache:

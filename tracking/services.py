@@ -56,6 +56,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+def is_write_conflict(exc: Exception) -> bool:
+    """A deadlock or serialization failure with another writer (PostgreSQL chose this
+    transaction to abort): nothing is wrong with the work, which can be tried again."""
+    return getattr(exc.__cause__, "sqlstate", None) in ("40P01", "40001")
+
+
 def can_transition(current: str, new: str) -> bool:
     return new in TRANSITIONS.get(current, frozenset())
 
@@ -386,7 +392,7 @@ def _recipients_update(connection, accepted: list[Accepted], event_type: str) ->
     facts = [f"{f} = COALESCE({table}.{f}, v.occurred_at)" for f in first_seen if f]
     latest = {item.recipient_id: item for item in accepted}
     groups: dict[tuple[str, ...], list[Accepted]] = {}
-    for item in latest.values():
+    for item in sorted(latest.values(), key=lambda i: i.recipient_id):  # lock order: by id
         groups.setdefault(tuple(sorted(item.recipient_fields)), []).append(item)
     for names, items in groups.items():
         if not names and not facts:
@@ -824,8 +830,7 @@ def events_apply_outcomes(events: Iterable[InboundEvent]) -> list[EventOutcome]:
         except (_Raced, IntegrityError):
             continue
         except OperationalError as exc:
-            # A deadlock or serialization failure with another writer: PostgreSQL chose us.
-            if getattr(exc.__cause__, "sqlstate", None) not in ("40P01", "40001"):
+            if not is_write_conflict(exc):
                 raise
     # Still racing after three tries: one event at a time.
     return [_outcome(event_record(event)) for event in events]

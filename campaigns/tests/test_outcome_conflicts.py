@@ -1,0 +1,91 @@
+"""A deadlock with another writer while the sender records what the server accepted: the
+record is tried again, so mail that left us is `sent`, not left in doubt. PostgreSQL only (it
+is where writers deadlock; SQLite has one writer at a time)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+
+from campaigns.models import Message, Recipient
+from campaigns.services import campaign_launch, dispatch_due, run_prepare
+from tracking.models import TrackingEvent
+
+S = Message.Status
+
+
+def _dsn() -> str:
+    s = connection.settings_dict
+    return (
+        f"host={s['HOST'] or '127.0.0.1'} port={s['PORT'] or 5432} dbname={s['NAME']} "
+        f"user={s['USER']} password={s['PASSWORD'] or ''}"
+    )
+
+
+class OtherWriter(threading.Thread):
+    """Locks the recipient's row, waits until the sender is blocked on it while holding the
+    message's row, then asks for the message's row: a deadlock, which PostgreSQL breaks by
+    aborting the one that waited first, the sender."""
+
+    def __init__(self, recipient_id: int, message_id: int) -> None:
+        super().__init__(daemon=True)
+        self.recipient_id, self.message_id = recipient_id, message_id
+        self.locked = threading.Event()
+        self.saw_sender_wait = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(_dsn()) as conn, psycopg.connect(_dsn(), autocommit=True) as spy:
+                conn.execute(
+                    "UPDATE campaigns_recipient SET last_action_at = now() WHERE id = %s",
+                    [self.recipient_id],
+                )
+                self.locked.set()
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not self.saw_sender_wait:
+                    self.saw_sender_wait = bool(
+                        spy.execute(
+                            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND query LIKE %s AND pid <> %s",
+                            ['%UPDATE "campaigns_recipient"%', conn.info.backend_pid],
+                        ).fetchone()
+                    )
+                    time.sleep(0.02)
+                conn.execute(
+                    "UPDATE campaigns_message SET open_count = open_count WHERE id = %s",
+                    [self.message_id],
+                )
+                conn.commit()
+        except BaseException as exc:  # shown by the test
+            self.error = exc
+            self.locked.set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deadlock_while_recording_sent_mail_is_tried_again(
+    smtp_server, make_campaign, add_contacts
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL deadlock")
+    add_contacts("ada@example.test")
+    run_prepare(run=campaign_launch(campaign=make_campaign(), enqueue=False))
+    message = Message.objects.get()
+    other = OtherWriter(message.recipient_id, message.pk)
+    other.start()
+    assert other.locked.wait(10)
+
+    dispatch_due()
+    other.join(30)
+
+    assert other.error is None, other.error
+    assert other.saw_sender_wait, "the sender never waited on the recipient's row"
+    message.refresh_from_db()
+    assert message.status == S.SENT
+    assert Recipient.objects.get().status == Recipient.Status.SENT
+    assert TrackingEvent.objects.filter(message=message, type="sent").count() == 1
+    assert len(smtp_server.handler.delivered) == 1
