@@ -67,12 +67,12 @@ def redis_buffer(settings):
         client.flushdb()
         settings.REDIS_URL = REDIS_URL
         settings.LEADCENTER_TRACKING_BUFFER = "redis"
-        buffer._redis.cache_clear()
+        buffer.connections_reset()
         try:
             yield client
         finally:
             client.flushdb()
-            buffer._redis.cache_clear()
+            buffer.connections_reset()
             client.close()
 
 

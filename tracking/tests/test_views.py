@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from datetime import timedelta
 
 import pytest
@@ -222,7 +223,7 @@ def redis_buffer(settings):
 
     settings.REDIS_URL = "redis://127.0.0.1:6379/7"
     settings.LEADCENTER_TRACKING_BUFFER = "redis"
-    buffer._redis.cache_clear()
+    buffer.connections_reset()
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
         client.ping()
@@ -231,7 +232,7 @@ def redis_buffer(settings):
     client.flushdb()
     yield buffer
     client.flushdb()
-    buffer._redis.cache_clear()
+    buffer.connections_reset()
 
 
 def test_with_redis_opens_and_clicks_are_queued_then_drained_once(
@@ -294,3 +295,34 @@ def test_a_queued_item_that_cannot_be_applied_is_set_aside_and_the_rest_recorded
     assert set_aside.filter(raw__contains="pixel:nul").exists() == nul_refused
     assert sent_message.open_count == (2 if nul_refused else 3)
     assert set_aside.count() == (2 if nul_refused else 1)
+
+
+def test_a_push_after_redis_dropped_the_connection_is_not_lost(client, sent_message, redis_buffer):
+    """Pushes go out without waiting for a reply; a connection Redis has closed (a restart,
+    a time-out) is noticed before the next push, which goes over a new one."""
+    client.get(pixel(sent_message.pk), HTTP_USER_AGENT=BROWSER)
+    killed = redis_buffer._redis().client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+
+    for _ in range(2):
+        client.get(pixel(sent_message.pk), HTTP_USER_AGENT=BROWSER)
+
+    assert redis_buffer.events_pending() == 3
+    redis_buffer.events_drain()
+    sent_message.refresh_from_db()
+    assert sent_message.open_count == 3
+
+
+def test_without_a_reachable_redis_the_open_is_recorded_in_the_request(
+    client, sent_message, redis_buffer, settings
+):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/7"
+    redis_buffer.connections_reset()
+
+    assert client.get(pixel(sent_message.pk), HTTP_USER_AGENT=BROWSER).status_code == 200
+
+    sent_message.refresh_from_db()
+    assert sent_message.open_count == 1
