@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from django.db.models import CharField, Count, QuerySet
+from django.db.models import CharField, Count, Exists, OuterRef, QuerySet
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -159,4 +159,21 @@ def contacts_with_repeated_soft_bounces(*, days: int = 30, minimum: int = 3) -> 
         .annotate(soft=Count("pk"))
         .filter(soft__gte=minimum)
         .values("message__recipient__contact_id")
+    )
+
+
+def contacts_hard_bounced_since(message_ids: Iterable[int]) -> set[int]:
+    """The contacts of these messages whose address hard-bounced on a message sent after
+    it: engagement with an older email does not prove the address still works."""
+    from tracking.models import Rejection
+
+    later = Rejection.objects.filter(
+        kind=Rejection.Kind.HARD,
+        message__recipient__contact=OuterRef("recipient__contact"),
+        message__sent_at__gt=OuterRef("sent_at"),
+    )
+    return set(
+        Message.objects.filter(pk__in=list(message_ids))
+        .filter(Exists(later))
+        .values_list("recipient__contact_id", flat=True)
     )

@@ -668,13 +668,15 @@ def event_record(event: InboundEvent) -> TransitionResult:
             # or misattributed DSN), so its consequences are undone, whatever the order in
             # which the two arrived.
             from campaigns.services import recipients_restore
+            from tracking.selectors import contacts_hard_bounced_since
 
-            contact_revalidate(
-                contact_id=Message.objects.values_list("recipient__contact_id", flat=True).get(
-                    pk=message_id
-                ),
-                reason=f"{event.type} after the bounce proves the address works",
-            )
+            if not contacts_hard_bounced_since([message_id]):
+                contact_revalidate(
+                    contact_id=Message.objects.values_list("recipient__contact_id", flat=True).get(
+                        pk=message_id
+                    ),
+                    reason=f"{event.type} after the bounce proves the address works",
+                )
             recipients_restore(message_ids=[message_id])
     return result
 
@@ -1114,6 +1116,11 @@ def _batch_write(batch: _Batch, messages: dict[int, _Message]) -> None:
         )
     if batch.suppressions:
         suppressions_add_entries(entries=batch.suppressions)
+    if batch.revalid:
+        from tracking.selectors import contacts_hard_bounced_since
+
+        for contact_id in contacts_hard_bounced_since(batch.restored):
+            batch.revalid.pop(contact_id, None)
     for reason in dict.fromkeys(batch.revalid.values()):
         contact_ids = [pk for pk, why in batch.revalid.items() if why == reason]
         Contact.objects.filter(pk__in=contact_ids, email_status=Contact.EmailStatus.INVALID).update(

@@ -106,7 +106,8 @@ def test_engagement_after_a_hard_bounce_gives_the_lead_back(writer, run_status, 
     assert Contact.objects.get().email_status == Contact.EmailStatus.VALID
 
 
-def test_engagement_disproving_an_earlier_bounce_leaves_a_later_one_alone():
+@pytest.mark.parametrize("writer", ["one by one", "batch"])
+def test_engagement_disproving_an_earlier_bounce_leaves_a_later_one_alone(writer):
     message = _two_step_sent_message("running")
     later = MessageFactory(
         recipient=message.recipient, step=message.run.campaign.steps.get(position=2)
@@ -115,10 +116,14 @@ def test_engagement_disproving_an_earlier_bounce_leaves_a_later_one_alone():
     event_record(event(E.BOUNCED, message, 1, **HARD))  # a late DSN for step 1
     event_record(event(E.BOUNCED, later, 2, **HARD))
 
-    event_record(event(E.CLICKED, message, 3))  # proves step 1 went through, not step 2
+    click = event(E.CLICKED, message, 3)  # proves step 1 went through, not step 2
+    events_apply([click]) if writer == "batch" else event_record(click)
 
     assert Message.objects.get(pk=message.pk).status == S.CLICKED
     assert Recipient.objects.get().status == Recipient.Status.FAILED
+    # The later bounce is the latest word on the address.
+    assert Contact.objects.get().email_status == Contact.EmailStatus.INVALID
+    assert Suppression.objects.filter(reason="hard_bounce", lifted_at__isnull=True).exists()
 
 
 def test_a_hard_bounce_invalidates_and_suppresses_the_address():
