@@ -5,12 +5,14 @@ and a campaign over an audience."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
@@ -169,3 +171,50 @@ def add_contacts(audience):
         return [ContactFactory(email=email, lists=[audience], **fields) for email in emails]
 
     return add
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """A Playwright page in Debian's Chromium; `page.outside_requests` lists every request
+    that went anywhere but the server under test (nothing may)."""
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls would
+    # otherwise be refused as "async unsafe". Set for the browser tests only, so the rest of
+    # the suite still catches real async misuse.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not CHROMIUM.exists():
+        if os.environ.get("LEADCENTER_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing and LEADCENTER_REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(15_000)
+            outside: list[str] = []
+            page.on(
+                "request",
+                lambda request: (
+                    outside.append(request.url)
+                    if not request.url.startswith(("http://localhost", "http://127.0.0.1", "data:"))
+                    else None
+                ),
+            )
+            page.outside_requests = outside
+            yield page
+        finally:
+            browser.close()
+            # Playwright runs the test in a greenlet with its own context, so ORM calls made
+            # there get their own database connection; close it, or PostgreSQL refuses to drop
+            # the test database at the end of the session ("being accessed by other users").
+            connections.close_all()

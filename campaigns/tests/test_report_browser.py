@@ -5,62 +5,19 @@ kept in /tmp/report_*.png for a person to look at."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from django.db import connections
 
 from campaigns import reports
 from campaigns.tests.test_reports import send_mixed_run, send_other_campaign
 from conftest import PASSWORD
 from leadcenter.factories import SendingAccountFactory, UserFactory
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SHOTS = Path("/tmp")  # noqa: S108  (copies for a person to look at)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def page(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls would
-    # otherwise be refused as "async unsafe". Set for this module's tests only.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not CHROMIUM.exists():
-        if os.environ.get("LEADCENTER_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing and LEADCENTER_REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(15_000)
-            # Nothing may come from outside the server under test.
-            outside: list[str] = []
-            page.on(
-                "request",
-                lambda request: (
-                    outside.append(request.url)
-                    if not request.url.startswith(("http://localhost", "http://127.0.0.1", "data:"))
-                    else None
-                ),
-            )
-            page.outside_requests = outside
-            yield page
-        finally:
-            browser.close()
-            # The test's ORM calls ran in Playwright's greenlet with their own connection.
-            connections.close_all()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from campaigns.models import Message
-from campaigns.tests.test_report_browser import page, result_count, shoot  # noqa: F401
+from campaigns.tests.test_report_browser import result_count, shoot
 from contacts.models import Suppression
 from contacts.tests.test_contact_page import send
 
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_support_agent_reads_a_contacts_history_and_lifts_its_suppression(
-    live_server, page, tmp_path, support_user, make_campaign, add_contacts  # noqa: F811
+    live_server, page, tmp_path, support_user, make_campaign, add_contacts
 ):
     (bo,) = add_contacts("user-unknown-bo@example.test", first_name="Bo", last_name="Berg")
     send(make_campaign, "Spring launch")

@@ -2,47 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from django.db import connections
 
 from conftest import PASSWORD
 from leadcenter.factories import ContactFactory, MessageFactory, UserFactory
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def page(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls would
-    # otherwise be refused as "async unsafe". Set for these tests only, so the rest of the suite
-    # still catches real async misuse.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(15_000)
-            yield page
-        finally:
-            browser.close()
-            # Playwright runs the test in a greenlet with its own context, so ORM calls made
-            # there get their own database connection; close it, or PostgreSQL refuses to drop
-            # the test database at the end of the session ("being accessed by other users").
-            connections.close_all()
 
 
 def test_a_superuser_logs_in_and_finds_a_contacts_sent_email(live_server, page, tmp_path):
