@@ -173,6 +173,18 @@ def add_contacts(audience):
     return add
 
 
+@pytest.fixture
+def clients(roles, staff_client, manager_client, support_client, superuser_client):
+    """A logged-in client per role of DESIGN.md, and an anonymous one."""
+    return {
+        "anonymous": Client(),
+        "staff": staff_client,
+        "manager": manager_client,
+        "support": support_client,
+        "superuser": superuser_client,
+    }
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -5,7 +5,6 @@ report and exports nothing. What is hidden is also refused on the server."""
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from campaigns import exports
@@ -32,17 +31,6 @@ def world(manager_user):
     job = ExportJob.objects.create(kind="messages", query="", total=1, requested_by=manager_user)
     exports.export_job_run(job.pk)
     return {"run": run, "campaign": run.campaign, "job": job}
-
-
-@pytest.fixture
-def clients(roles, staff_client, manager_client, support_client, superuser_client):
-    return {
-        "anonymous": Client(),
-        "staff": staff_client,
-        "manager": manager_client,
-        "support": support_client,
-        "superuser": superuser_client,
-    }
 
 
 def url_of(page: str, world: dict) -> str:

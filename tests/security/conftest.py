@@ -40,17 +40,6 @@ def _media_in_tmp(settings, tmp_path):
 
 
 @pytest.fixture
-def clients(roles, staff_client, manager_client, support_client, superuser_client):
-    return {
-        "anonymous": Client(),
-        "staff": staff_client,
-        "manager": manager_client,
-        "support": support_client,
-        "superuser": superuser_client,
-    }
-
-
-@pytest.fixture
 def world(roles, superuser, manager_user):
     """One object of every model registered in the admin, plus an export job (the
     manager's) and a contact import job with a rejects file (the superuser's)."""
