@@ -12,6 +12,10 @@ Baseline: the same N messages, composed beforehand with `campaigns.mail.compose`
 and envelopes the pipeline sends), sent by TWO processes with one persistent `smtplib.SMTP`
 connection each, MAIL/RCPT/DATA per message, no database. Best of two runs.
 
+The sink advertises PIPELINING (RFC 2920), as Postfix, Exim, Gmail and Exchange do: the
+pipeline uses it (MAIL, RCPT and DATA in one write), smtplib cannot (one command, one round
+trip). `--no-pipelining` measures the pipeline without it.
+
 The sink is the same for both: `manage.py smtp_simulator --no-spread` (aiosmtpd, accepts every
 address and keeps nothing) in its own process. Every sender waits for one `go` line, so process
 start-up is left out of both sides; the time is from the first sender's start to the last
@@ -271,7 +275,11 @@ def _elapsed(results: list[dict[str, Any]]) -> float:
 
 
 def run(
-    *, quick: bool = False, messages: int | None = None, profile: str | None = None
+    *,
+    quick: bool = False,
+    messages: int | None = None,
+    profile: str | None = None,
+    pipelining: bool = True,
 ) -> list[Result]:
     common.setup_django("send")
     common.migrate()
@@ -288,7 +296,8 @@ def run(
     with tempfile.TemporaryDirectory(prefix="lc-bench-") as tmp:
         sink = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
             [python, "manage.py", "smtp_simulator", "--port", str(port), "--no-spread",
-             "--bounce-maildir", os.path.join(tmp, "bounces")],
+             "--bounce-maildir", os.path.join(tmp, "bounces"),
+             *([] if pipelining else ["--no-pipelining"])],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         )
         try:
@@ -463,8 +472,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES:,} messages")
     parser.add_argument("--messages", type=int, default=None, help="how many messages")
     parser.add_argument("--profile", default=None, help="cProfile the first worker into FILE")
+    parser.add_argument(
+        "--no-pipelining", action="store_true", help="the sink does not advertise PIPELINING"
+    )
     args = parser.parse_args(argv)
-    for result in run(quick=args.quick, messages=args.messages, profile=args.profile):
+    for result in run(
+        quick=args.quick,
+        messages=args.messages,
+        profile=args.profile,
+        pipelining=not args.no_pipelining,
+    ):
         say(result.line())
 
 

@@ -254,8 +254,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_forever(*, port: int, spread: bool, bounce_maildir: str | None) -> None:
-    handler = SimulatedInternet(spread=spread, bounce_maildir=bounce_maildir, keep=False)
+def serve_forever(
+    *, port: int, spread: bool, bounce_maildir: str | None, pipelining: bool = True
+) -> None:
+    handler = SimulatedInternet(
+        spread=spread, bounce_maildir=bounce_maildir, keep=False, pipelining=pipelining
+    )
     with SimulatorServer(handler, port=port):
         while True:
             time.sleep(3600)

@@ -23,6 +23,11 @@ class Command(BaseCommand):
             action="store_true",
             help="Accept every address without a keyword (no hash-based mix of outcomes).",
         )
+        parser.add_argument(
+            "--no-pipelining",
+            action="store_true",
+            help="Do not advertise PIPELINING (RFC 2920): clients send one command at a time.",
+        )
 
     def handle(self, *args, **options) -> None:
         self.stdout.write(f"Simulated internet listening on 127.0.0.1:{options['port']}")
@@ -35,4 +40,5 @@ class Command(BaseCommand):
             port=options["port"],
             spread=not options["no_spread"],
             bounce_maildir=options["bounce_maildir"],
+            pipelining=not options["no_pipelining"],
         )
