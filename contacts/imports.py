@@ -631,10 +631,11 @@ class RowChecker:
         return names
 
 
-# Keys per lookup query. With 1,000 or more, PostgreSQL's planner estimates a sequential scan
-# cheaper than that many index probes once the table holds about 100,000 contacts, and it is
-# not: 50 ms a query instead of 1, growing with the table, so a large import became quadratic.
-LOOKUP_BATCH = 250
+# Keys per lookup query: a whole chunk, in one round trip, on PostgreSQL. Planned as they
+# come, lookups with this many keys were sequential scans (50 ms a query instead of 1,
+# growing with the table, so a large import became quadratic); _prefer_index_scans keeps
+# them on the indexes. On SQLite, half its parameter limit (999 before 3.32).
+LOOKUP_BATCH = CHUNK_SIZE
 
 
 # After writing this many contacts, PostgreSQL's statistics of the contact tables are
@@ -667,13 +668,14 @@ def _prefer_index_scans() -> None:
     PostgreSQL: a chunk's lookups (contacts by lower(email) or by name, their list and topic
     memberships) and its writes, which find rows by primary key or a unique index.
 
-    With up to LOOKUP_BATCH keys, the planner takes a sequential scan for cheaper until the
-    contact table holds about 35,000 rows: it counts lower(email) and the hashed comparison
-    with the keys at a fraction of what they cost per row. That scan grew with every chunk
-    the import had written (140 ms a chunk at 38,000 rows, against 12 ms by the unique
-    index), so the first 19 chunks of a 100,000-row import cost quadratically. Every such
-    lookup has an index, and turning sequential scans off only makes them very expensive
-    to the planner, never impossible. SET LOCAL ends with the transaction.
+    With 250 keys a query, the planner took a sequential scan for cheaper until the contact
+    table held about 35,000 rows: it counts lower(email) and the hashed comparison with the
+    keys at a fraction of what they cost per row. That scan grew with every chunk the import
+    had written (140 ms a chunk at 38,000 rows, against 12 ms by the unique index), so the
+    first 19 chunks of a 100,000-row import cost quadratically; more keys a query move the
+    switch to a larger table, fewer make each query dearer. Every such lookup has an index,
+    and turning sequential scans off only makes them very expensive to the planner, never
+    impossible. SET LOCAL ends with the transaction.
     """
     from django.db import connection
 
@@ -682,7 +684,10 @@ def _prefer_index_scans() -> None:
             cursor.execute("SET LOCAL enable_seqscan = off")
 
 
-def _batches(items: list[Any], size: int = LOOKUP_BATCH) -> Iterator[list[Any]]:
+def _batches(items: list[Any]) -> Iterator[list[Any]]:
+    from django.db import connection
+
+    size = min(LOOKUP_BATCH, (connection.features.max_query_params or LOOKUP_BATCH) // 2)
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
