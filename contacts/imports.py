@@ -631,10 +631,11 @@ class RowChecker:
         return names
 
 
-# Keys per lookup query. With 1,000 or more, PostgreSQL's planner estimates a sequential scan
-# cheaper than that many index probes once the table holds about 100,000 contacts, and it is
-# not: 50 ms a query instead of 1, growing with the table, so a large import became quadratic.
-LOOKUP_BATCH = 250
+# Keys per lookup query: a whole chunk, in one round trip, on PostgreSQL. Planned as they
+# come, lookups with this many keys were sequential scans (50 ms a query instead of 1,
+# growing with the table, so a large import became quadratic); _prefer_index_scans keeps
+# them on the indexes. On SQLite, half its parameter limit (999 before 3.32).
+LOOKUP_BATCH = CHUNK_SIZE
 
 
 # After writing this many contacts, PostgreSQL's statistics of the contact tables are
@@ -662,7 +663,31 @@ def _analyze() -> None:
         pass
 
 
-def _batches(items: list[Any], size: int = LOOKUP_BATCH) -> Iterator[list[Any]]:
+def _prefer_index_scans() -> None:
+    """Plan the rest of the current transaction's statements with index scans on
+    PostgreSQL: a chunk's lookups (contacts by lower(email) or by name, their list and topic
+    memberships) and its writes, which find rows by primary key or a unique index.
+
+    With 250 keys a query, the planner took a sequential scan for cheaper until the contact
+    table held about 35,000 rows: it counts lower(email) and the hashed comparison with the
+    keys at a fraction of what they cost per row. That scan grew with every chunk the import
+    had written (140 ms a chunk at 38,000 rows, against 12 ms by the unique index), so the
+    first 19 chunks of a 100,000-row import cost quadratically; more keys a query move the
+    switch to a larger table, fewer make each query dearer. Every such lookup has an index,
+    and turning sequential scans off only makes them very expensive to the planner, never
+    impossible. SET LOCAL ends with the transaction.
+    """
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+
+
+def _batches(items: list[Any]) -> Iterator[list[Any]]:
+    from django.db import connection
+
+    size = min(LOOKUP_BATCH, (connection.features.max_query_params or LOOKUP_BATCH) // 2)
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -900,6 +925,19 @@ class ContactImporter:
         self._now = timezone.now()
 
     def run(self, source: Source) -> ImportReport:
+        # The rows read stay alive until the end, a few objects each; a full garbage
+        # collection walks every object the collector tracks, and the collector runs more of
+        # them as objects accumulate, so without this 100,000 rows cost 27 times the GC time
+        # of 10,000 while writing, and 38 times while reading. Frozen objects (what exists
+        # now, and the rows as they are checked: see _read) are left alone until
+        # gc.unfreeze(); the garbage of each row and chunk is collected as before.
+        gc.freeze()
+        try:
+            return self._run(source)
+        finally:
+            gc.unfreeze()
+
+    def _run(self, source: Source) -> ImportReport:
         report = self.report
         report.file_format = source.describe()
         report.header = [str(h) for h in source.header]
@@ -921,18 +959,11 @@ class ContactImporter:
         total = len(rows)
         done = 0
         self.progress("importing", 0, total)
-        # The rows read stay alive until the end; without this, every full garbage collection
-        # while writing walks all of them again, which made 100,000 rows cost 27 times the GC
-        # time of 10,000. Frozen objects are left alone until gc.unfreeze().
-        gc.freeze()
-        try:
-            for start in range(0, total, self.chunk_size):
-                chunk = rows[start : start + self.chunk_size]
-                self._import_chunk(chunk)
-                done += len(chunk)
-                self.progress("importing", done, total)
-        finally:
-            gc.unfreeze()
+        for start in range(0, total, self.chunk_size):
+            chunk = rows[start : start + self.chunk_size]
+            self._import_chunk(chunk)
+            done += len(chunk)
+            self.progress("importing", done, total)
         if not self.dry_run and report.created + report.updated >= ANALYZE_AFTER_ROWS:
             _analyze()
         report.errors.sort(key=lambda r: r.line)
@@ -950,6 +981,7 @@ class ContactImporter:
             else:
                 rows.append(result)
             if count % 5000 == 0:
+                gc.freeze()  # the rows checked so far: see run()
                 self.progress("checking", int(source.fraction() * 1000), 1000)
         self.report.rows = len(rows) + len(errors)
         self.progress("checking", 1000, 1000)
@@ -1032,11 +1064,16 @@ class ContactImporter:
 
     def _import_chunk(self, rows: list[ContactRow]) -> None:
         if self.dry_run:
-            self._count(self._plan(rows, lock=False))
+            # A transaction only for _prefer_index_scans' setting: a dry run writes nothing.
+            with transaction.atomic():
+                _prefer_index_scans()
+                chunk = self._plan(rows, lock=False)
+            self._count(chunk)
             return
         for _attempt in range(2):
             try:
                 with transaction.atomic():
+                    _prefer_index_scans()
                     chunk = self._plan(rows, lock=True)
                     self._write(chunk)
             except IntegrityError as exc:

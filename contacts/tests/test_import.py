@@ -606,9 +606,39 @@ def test_many_rows_go_in_chunks_with_progress(tmp_path):
 def test_chunks_are_matched_and_written_one_at_a_time(tmp_path, django_assert_max_num_queries):
     ContactFactory.create_batch(30)
     path = write(tmp_path, "email\n" + "\n".join(f"c{i}@example.com" for i in range(400)) + "\n")
-    with path.open("rb") as fh, django_assert_max_num_queries(4 * 8 + 10):
+    # Per chunk: its savepoint, the planner setting (PostgreSQL), the lookup, the insert, and
+    # the savepoint's release.
+    with path.open("rb") as fh, django_assert_max_num_queries(5 * 8 + 10):
         report = imports.contacts_import(fh=fh, chunk_size=50)
     assert report.created == 400
+
+
+def test_postgresql_matches_a_chunk_by_index_not_by_reading_the_table(tmp_path):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL planner choice")
+    Contact.objects.bulk_create(Contact(email=f"old{i}@example.com") for i in range(3000))
+    path = write(
+        tmp_path, "email,lists\n" + "".join(f"c{i}@example.com,Fair\n" for i in range(300))
+    )
+    path.write_text(path.read_text() + "old7@example.com,Fair\n")
+    plans: list[str] = []
+
+    def explain(execute, sql, params, many, context):
+        if sql.startswith("SELECT") and 'FROM "contacts_contact"' in sql:
+            # The plan the lookup gets in its own transaction, with its own parameters.
+            with context["connection"].cursor() as cursor:
+                cursor.execute("EXPLAIN " + sql, params)
+                plans.append(" ".join(row[0] for row in cursor.fetchall()))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(explain):
+        report = run(path)
+
+    assert (report.created, report.updated) == (300, 1)
+    assert plans
+    assert not [plan for plan in plans if "Seq Scan on contacts_contact " in plan]
 
 
 def test_an_address_added_meanwhile_is_updated_not_duplicated(tmp_path, monkeypatch):
