@@ -387,6 +387,12 @@ class XlsxSource(Source):
                 continue
             yield SourceRow(line, cells)
 
+    def fraction(self) -> float:
+        return min(self._line / self._estimate, 1.0) if self._estimate else 0.0
+
+    def close(self) -> None:
+        self._book.close()
+
 
 # What a damaged zip archive or sheet raises from the standard library while openpyxl reads
 # it: the archive's directory or a compressed part is broken, or the XML inside is.
@@ -411,12 +417,6 @@ def _readable(rows: Iterator[Any]) -> Iterator[Any]:
         yield from rows
     except _BROKEN_ZIP as exc:
         raise FileError(f"The file cannot be read as an Excel workbook ({exc}).") from exc
-
-    def fraction(self) -> float:
-        return min(self._line / self._estimate, 1.0) if self._estimate else 0.0
-
-    def close(self) -> None:
-        self._book.close()
 
 
 class TableSource(Source):

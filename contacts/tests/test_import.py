@@ -740,3 +740,16 @@ def test_topics_are_matched_whatever_the_case(tmp_path):
 
     assert report.errors == []
     assert Topic.objects.get().opted_out_contacts.get().email == "t@example.com"
+
+
+def test_an_xlsx_shows_its_progress_while_it_is_checked(tmp_path):
+    rows = [["email"], *([f"x{i}@example.com"] for i in range(6000))]
+    seen = []
+
+    report = run(
+        write_xlsx(tmp_path, rows), progress=lambda stage, done, total: seen.append((stage, done))
+    )
+
+    assert report.created == 6000
+    checking = [done for stage, done in seen if stage == "checking"]
+    assert any(0 < done < 1000 for done in checking), checking  # the share read so far
