@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet, prefetch_related_objects
+from django.db.models import Count, Prefetch, QuerySet, prefetch_related_objects
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils import timezone
@@ -16,7 +16,16 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from campaigns import admin_views, report_views, reports
-from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
+from campaigns.models import (
+    MESSAGE_REJECTION_FLAGS,
+    Campaign,
+    CampaignRun,
+    CampaignStep,
+    Message,
+    Recipient,
+    SendingAccount,
+    rejection_flag,
+)
 from campaigns.selectors import messages_in_doubt, run_progress, search_by_contact
 from leadcenter.paginator import CappedCountPaginator
 from tracking.models import Rejection, TrackingEvent
@@ -613,14 +622,10 @@ class RejectionCategoryFilter(admin.SimpleListFilter):
         return kinds + list(Rejection.Category.choices)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet:
-        rejections = Rejection.objects.filter(message=OuterRef("pk"))
-        # EXISTS rather than a join: a message can have several rejections, and a join
-        # would list it once per rejection.
-        if self.value() in Rejection.Kind.values:
-            return queryset.filter(Exists(rejections.filter(kind=self.value())))
-        if self.value() in Rejection.Category.values:
-            return queryset.filter(Exists(rejections.filter(category=self.value())))
-        return queryset
+        # The email's own flags (kept by a trigger on its rejections), not an EXISTS over
+        # them: each flag's partial index lists exactly its emails in the list's order.
+        bit = MESSAGE_REJECTION_FLAGS.get(self.value() or "")
+        return queryset.filter(rejection_flag(bit)) if bit else queryset
 
 
 class TrackingEventInline(admin.TabularInline):

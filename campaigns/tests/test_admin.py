@@ -284,6 +284,59 @@ def test_sent_emails_filter_by_rejection_category_lists_each_message_once(superu
     assert list(response.context["cl"].result_list) == [wanted]
 
 
+def _reject(message: Message, kind: str, category: str) -> None:
+    Rejection.objects.create(message=message, kind=kind, category=category, source="smtp")
+
+
+def test_sent_emails_filter_finds_an_email_by_each_rejection_it_got(superuser_client):
+    message = MessageFactory()
+    _reject(message, "soft", "no_answer")
+    _reject(MessageFactory(), "hard", "user_not_found")
+    url = admin_url(Message, "changelist")
+
+    def found(value: str) -> bool:
+        response = superuser_client.get(url, {"rejection": value})
+        return message in response.context["cl"].result_list
+
+    assert found("no_answer") and found("soft")
+    assert not found("user_not_found") and not found("hard")
+
+    # A later rejection of another category and kind adds them; the first ones stay.
+    _reject(message, "hard", "domain_not_found")
+
+    assert found("no_answer") and found("soft")
+    assert found("domain_not_found") and found("hard")
+    assert not found("user_not_found")
+
+
+def test_sent_emails_rejection_filter_counts_equal_the_truth(superuser_client):
+    outcomes = [
+        [("hard", "user_not_found")],
+        [("hard", "domain_not_found"), ("soft", "no_answer")],
+        [("soft", "mailbox_full"), ("soft", "mailbox_full")],
+        [("soft", "spam_blocked"), ("soft", "unspecified"), ("hard", "user_not_found")],
+        [("soft", "no_answer")],
+        [],
+    ]
+    for rejections in outcomes * 3:
+        message = MessageFactory()
+        for kind, category in rejections:
+            _reject(message, kind, category)
+    # One rejection moved to another email and one deleted: the flags follow.
+    moved = Rejection.objects.filter(category="spam_blocked").first()
+    Rejection.objects.filter(pk=moved.pk).update(message=MessageFactory())
+    Rejection.objects.filter(category="unspecified").first().delete()
+    url = admin_url(Message, "changelist")
+
+    for value in [*Rejection.Kind.values, *Rejection.Category.values]:
+        field = "kind" if value in Rejection.Kind.values else "category"
+        truth = set(Rejection.objects.filter(**{field: value}).values_list("message_id", flat=True))
+        cl = superuser_client.get(url, {"rejection": value}).context["cl"]
+
+        assert cl.result_count == len(truth), value
+        assert {m.pk for m in cl.result_list} == truth, value
+
+
 def test_sent_emails_columns_show_contact_campaign_step_and_reply(superuser_client):
     message = MessageFactory(
         recipient__contact__first_name="Ada",
