@@ -186,6 +186,21 @@ def test_sent_emails_search_finds_a_message_by_contact_name_and_email(superuser_
     assert "ada@analytical.test" in response.text
 
 
+@pytest.mark.parametrize("people_per_name", [1, 1_000])
+def test_sent_emails_search_by_a_name_many_contacts_share_finds_them_all(
+    superuser_client, monkeypatch, people_per_name
+):
+    from campaigns import selectors
+
+    monkeypatch.setattr(selectors, "PEOPLE_PER_NAME", people_per_name)
+    wanted = {MessageFactory(recipient__contact__first_name="Grace") for _ in range(3)}
+    MessageFactory(recipient__contact__first_name="Ada")
+
+    response = superuser_client.get(admin_url(Message, "changelist"), {"q": "grace"})
+
+    assert set(response.context["cl"].result_list) == wanted
+
+
 def test_sent_emails_can_be_narrowed_to_one_run_by_a_link(superuser_client):
     # Run dashboards link into this list with the run's id in the query string.
     wanted = MessageFactory()
