@@ -352,6 +352,34 @@ def test_sent_emails_rejection_filter_counts_equal_the_truth(superuser_client):
         assert {m.pk for m in cl.result_list} == truth, value
 
 
+@pytest.mark.parametrize(
+    "query", ["", "rejection=no_answer&status__exact=queued", "status__exact=queued&p=1"]
+)
+def test_sent_emails_rows_link_and_select_as_django_admin_does(superuser_client, query):
+    from django.contrib import admin as django_admin
+    from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
+    from django.test import RequestFactory
+    from django.utils.html import escape
+
+    message = MessageFactory(message_id='<a&"b"@example.test>')
+    Rejection.objects.create(message=message, kind="soft", category="no_answer", source="smtp")
+    url = f"{admin_url(Message, 'changelist')}?{query}"
+    model_admin = django_admin.site._registry[Message]
+    request = RequestFactory().get(url)
+    request.resolver_match = __import__("django.urls").urls.resolve(request.path)
+
+    link = add_preserved_filters(
+        {"preserved_filters": model_admin.get_preserved_filters(request), "opts": Message._meta},
+        admin_url(Message, "change", message.pk),
+    )
+    checkbox = django_admin.ModelAdmin.action_checkbox(model_admin, message)
+    html = superuser_client.get(url).text
+
+    assert f'href="{escape(link)}"' in html
+    assert model_admin.action_checkbox(message) == checkbox
+    assert checkbox in html
+
+
 def test_sent_emails_columns_show_contact_campaign_step_and_reply(superuser_client):
     message = MessageFactory(
         recipient__contact__first_name="Ada",
