@@ -380,6 +380,40 @@ def test_sent_emails_rows_link_and_select_as_django_admin_does(superuser_client,
     assert checkbox in html
 
 
+@pytest.mark.parametrize("query", ["", "rejection=soft", "o=-3.1"])
+def test_sent_emails_rows_are_the_cells_django_admin_writes(superuser, query):
+    from django.contrib import admin as django_admin
+    from django.contrib.admin.templatetags.admin_list import result_list
+    from django.test import RequestFactory
+    from django.urls import resolve
+
+    from campaigns.templatetags.sent_emails import sent_emails_result_list
+
+    MessageFactory(
+        message_id='<x&"y"@example.test>', smtp_code=452, smtp_response="4.2.2 <full> " + "x" * 90,
+        recipient__contact__first_name="<Ada>", recipient__contact__last_name="Lovelace",
+    )  # fmt: skip
+    MessageFactory(recipient__contact__first_name="", recipient__contact__last_name="  ")
+    blank = MessageFactory(smtp_code=None, smtp_response="   ", account=None)
+    Message.objects.filter(pk=blank.pk).update(status=Message.Status.SOFT_BOUNCED)
+    _reject(blank, "soft", "mailbox_full")
+    request = RequestFactory().get(f"{admin_url(Message, 'changelist')}?{query}")
+    request.user = superuser
+    request.resolver_match = resolve(request.path)
+    cl = django_admin.site._registry[Message].get_changelist_instance(request)
+    cl.formset = None  # as changelist_view sets it
+
+    ours, theirs = sent_emails_result_list(cl), result_list(cl)
+
+    assert len(theirs["results"]) == len(cl.result_list) > 0
+    assert [[str(c) for c in row] for row in ours["results"]] == [
+        [str(c) for c in row] for row in theirs["results"]
+    ]
+    assert {k: v for k, v in ours.items() if k != "results"} == {
+        k: v for k, v in theirs.items() if k != "results"
+    }
+
+
 def test_sent_emails_columns_show_contact_campaign_step_and_reply(superuser_client):
     message = MessageFactory(
         recipient__contact__first_name="Ada",
