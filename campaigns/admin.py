@@ -3,20 +3,33 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet, prefetch_related_objects
+from django.db.models import Count, Prefetch, QuerySet, prefetch_related_objects
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
+from django.utils.translation import gettext as _
 
 from campaigns import admin_views, report_views, reports
-from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
+from campaigns.models import (
+    MESSAGE_REJECTION_FLAGS,
+    Campaign,
+    CampaignRun,
+    CampaignStep,
+    Message,
+    Recipient,
+    SendingAccount,
+    rejection_flag,
+)
 from campaigns.selectors import messages_in_doubt, run_progress, search_by_contact
 from leadcenter.paginator import CappedCountPaginator
 from tracking.models import Rejection, TrackingEvent
@@ -613,14 +626,10 @@ class RejectionCategoryFilter(admin.SimpleListFilter):
         return kinds + list(Rejection.Category.choices)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet:
-        rejections = Rejection.objects.filter(message=OuterRef("pk"))
-        # EXISTS rather than a join: a message can have several rejections, and a join
-        # would list it once per rejection.
-        if self.value() in Rejection.Kind.values:
-            return queryset.filter(Exists(rejections.filter(kind=self.value())))
-        if self.value() in Rejection.Category.values:
-            return queryset.filter(Exists(rejections.filter(category=self.value())))
-        return queryset
+        # The email's own flags (kept by a trigger on its rejections), not an EXISTS over
+        # them: each flag's partial index lists exactly its emails in the list's order.
+        bit = MESSAGE_REJECTION_FLAGS.get(self.value() or "")
+        return queryset.filter(rejection_flag(bit)) if bit else queryset
 
 
 class TrackingEventInline(admin.TabularInline):
@@ -641,7 +650,44 @@ class TrackingEventInline(admin.TabularInline):
 
 class SentEmailsChangeList(ChangeList):
     """The Sent emails list: the latest event of each email of the page, in one query (the
-    newest event per email, read from the event_message_time index), after the page is read."""
+    newest event per email, read from the event_message_time index), after the page is read.
+
+    Its rows' links are written from one pattern: Django's admin reverses the change URL of
+    every row and then resolves that URL again to decide how to add the list's filters to it
+    (add_preserved_filters), which is a sizeable share of a page of a hundred rows. The links
+    are the same: the filters are added here, in the form add_preserved_filters gives them (a
+    row's URL is never the list's own), and it is given none to add a second time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        kept = dict(parse_qsl(self.preserved_filters))
+        self.preserved_filters = ""
+        marker = "0"
+        pattern = reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=(marker,),
+            current_app=self.model_admin.admin_site.name,
+        )
+        start = pattern.rindex(f"/{marker}/") + 1
+        self._link_head = pattern[:start]
+        self._link_tail = pattern[start + len(marker) :] + (f"?{urlencode(kept)}" if kept else "")
+
+    def url_for_result(self, result: Message) -> str:
+        return f"{self._link_head}{quote(result.pk)}{self._link_tail}"
+
+    # What the list's columns show (MessageAdmin.list_display), and nothing else: loading and
+    # converting every column of seven joined tables was a third of a page's query time.
+    # An export rebuilds this queryset and reads its own fields (values_list drops these).
+    SHOWN = (
+        "created", "status", "smtp_code", "smtp_response", "message_id",
+        "recipient__email",
+        "recipient__contact__first_name", "recipient__contact__last_name",
+        "recipient__contact__email",
+        "run__campaign__name", "step__position", "account__name",
+    )  # fmt: skip
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet:
+        return super().get_queryset(request, exclude_parameters).only(*self.SHOWN)
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
@@ -791,6 +837,17 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return SentEmailsChangeList
+
+    def action_checkbox(self, obj: Message) -> str:
+        # The markup of Django's own (a CheckboxInput rendered through the form templates, a
+        # template render per row: a fifth of a page of a hundred rows), written directly.
+        label = format_html(_("Select this object for an action - {}"), str(obj))
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            str(obj.pk),
+            label,
+        )
 
     @admin.display(description="SMTP reply")
     def smtp_reply(self, obj: Message) -> str:

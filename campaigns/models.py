@@ -5,8 +5,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Lower
+from django.db.models.lookups import GreaterThan
 
 
 class SendingAccount(models.Model):
@@ -274,6 +275,30 @@ class Recipient(models.Model):
         return self.email or f"Recipient #{self.pk}"
 
 
+# Rejection category -> its bit in Recipient.rejections (fixed: stored in rows and triggers).
+REJECTION_BITS: dict[str, int] = {
+    "user_not_found": 1,
+    "domain_not_found": 2,
+    "mailbox_full": 4,
+    "no_answer": 8,
+    "spam_blocked": 16,
+    "unspecified": 32,
+}
+HARD_REJECTION_MASK = 1 | 2
+SOFT_REJECTION_MASK = 4 | 8 | 16 | 32
+# Message.rejection_flags: the bits of its rejections' categories (as above) and of their
+# kinds. A kind has a bit of its own so that "hard (any category)" keeps Rejection.kind's meaning.
+REJECTION_KIND_BITS: dict[str, int] = {"hard": 64, "soft": 128}
+MESSAGE_REJECTION_FLAGS: dict[str, int] = {**REJECTION_KIND_BITS, **REJECTION_BITS}
+
+
+def rejection_flag(bit: int) -> GreaterThan:
+    """Messages with this bit in rejection_flags, written exactly as the condition of its
+    partial index (message_rej_*): PostgreSQL uses a partial index only for a query whose
+    condition is the index's own."""
+    return GreaterThan(F("rejection_flags").bitand(bit), 0)
+
+
 class Message(models.Model):
     """One email: one step to one recipient. Its status is written only by tracking.services."""
 
@@ -337,6 +362,11 @@ class Message(models.Model):
     complained_at = models.DateTimeField(null=True, blank=True)
     open_count = models.PositiveIntegerField(default=0)
     click_count = models.PositiveIntegerField(default=0)
+    # Which rejection categories and kinds it got, as bits (MESSAGE_REJECTION_FLAGS). Kept by a
+    # database trigger on tracking_rejection (migration 0011), as Recipient.rejections is, so the
+    # Sent emails list's rejection filter reads a small partial index instead of probing the
+    # rejections of every email.
+    rejection_flags = models.SmallIntegerField(default=0, db_default=0, editable=False)
 
     class Meta:
         # The admin's "Sent emails" page, as support agents and the help pages call it.
@@ -372,23 +402,21 @@ class Message(models.Model):
             models.Index(
                 fields=["esp_message_id"], condition=~Q(esp_message_id=""), name="message_esp_id"
             ),
+            # The Sent emails list filtered by a rejection kind or category, newest first: one
+            # small index per flag, over the emails that have it only, in the list's order, so a
+            # rare category's page and count read a few hundred entries at any table size.
+            *(
+                models.Index(
+                    fields=["-created", "-id"],
+                    condition=Q(rejection_flag(bit)),
+                    name=f"message_rej_{flag}",
+                )
+                for flag, bit in MESSAGE_REJECTION_FLAGS.items()
+            ),
         ]
 
     def __str__(self) -> str:
         return self.message_id
-
-
-# Rejection category -> its bit in Recipient.rejections (fixed: stored in rows and triggers).
-REJECTION_BITS: dict[str, int] = {
-    "user_not_found": 1,
-    "domain_not_found": 2,
-    "mailbox_full": 4,
-    "no_answer": 8,
-    "spam_blocked": 16,
-    "unspecified": 32,
-}
-HARD_REJECTION_MASK = 1 | 2
-SOFT_REJECTION_MASK = 4 | 8 | 16 | 32
 
 
 class RunTally(models.Model):

@@ -186,6 +186,21 @@ def test_sent_emails_search_finds_a_message_by_contact_name_and_email(superuser_
     assert "ada@analytical.test" in response.text
 
 
+@pytest.mark.parametrize("people_per_name", [1, 1_000])
+def test_sent_emails_search_by_a_name_many_contacts_share_finds_them_all(
+    superuser_client, monkeypatch, people_per_name
+):
+    from campaigns import selectors
+
+    monkeypatch.setattr(selectors, "PEOPLE_PER_NAME", people_per_name)
+    wanted = {MessageFactory(recipient__contact__first_name="Grace") for _ in range(3)}
+    MessageFactory(recipient__contact__first_name="Ada")
+
+    response = superuser_client.get(admin_url(Message, "changelist"), {"q": "grace"})
+
+    assert set(response.context["cl"].result_list) == wanted
+
+
 def test_sent_emails_can_be_narrowed_to_one_run_by_a_link(superuser_client):
     # Run dashboards link into this list with the run's id in the query string.
     wanted = MessageFactory()
@@ -282,6 +297,121 @@ def test_sent_emails_filter_by_rejection_category_lists_each_message_once(superu
     response = superuser_client.get(admin_url(Message, "changelist"), {"rejection": "mailbox_full"})
 
     assert list(response.context["cl"].result_list) == [wanted]
+
+
+def _reject(message: Message, kind: str, category: str) -> None:
+    Rejection.objects.create(message=message, kind=kind, category=category, source="smtp")
+
+
+def test_sent_emails_filter_finds_an_email_by_each_rejection_it_got(superuser_client):
+    message = MessageFactory()
+    _reject(message, "soft", "no_answer")
+    _reject(MessageFactory(), "hard", "user_not_found")
+    url = admin_url(Message, "changelist")
+
+    def found(value: str) -> bool:
+        response = superuser_client.get(url, {"rejection": value})
+        return message in response.context["cl"].result_list
+
+    assert found("no_answer") and found("soft")
+    assert not found("user_not_found") and not found("hard")
+
+    # A later rejection of another category and kind adds them; the first ones stay.
+    _reject(message, "hard", "domain_not_found")
+
+    assert found("no_answer") and found("soft")
+    assert found("domain_not_found") and found("hard")
+    assert not found("user_not_found")
+
+
+def test_sent_emails_rejection_filter_counts_equal_the_truth(superuser_client):
+    outcomes = [
+        [("hard", "user_not_found")],
+        [("hard", "domain_not_found"), ("soft", "no_answer")],
+        [("soft", "mailbox_full"), ("soft", "mailbox_full")],
+        [("soft", "spam_blocked"), ("soft", "unspecified"), ("hard", "user_not_found")],
+        [("soft", "no_answer")],
+        [],
+    ]
+    for rejections in outcomes * 3:
+        message = MessageFactory()
+        for kind, category in rejections:
+            _reject(message, kind, category)
+    # One rejection moved to another email and one deleted: the flags follow.
+    moved = Rejection.objects.filter(category="spam_blocked").first()
+    Rejection.objects.filter(pk=moved.pk).update(message=MessageFactory())
+    Rejection.objects.filter(category="unspecified").first().delete()
+    url = admin_url(Message, "changelist")
+
+    for value in [*Rejection.Kind.values, *Rejection.Category.values]:
+        field = "kind" if value in Rejection.Kind.values else "category"
+        truth = set(Rejection.objects.filter(**{field: value}).values_list("message_id", flat=True))
+        cl = superuser_client.get(url, {"rejection": value}).context["cl"]
+
+        assert cl.result_count == len(truth), value
+        assert {m.pk for m in cl.result_list} == truth, value
+
+
+@pytest.mark.parametrize(
+    "query", ["", "rejection=no_answer&status__exact=queued", "status__exact=queued&p=1"]
+)
+def test_sent_emails_rows_link_and_select_as_django_admin_does(superuser_client, query):
+    from django.contrib import admin as django_admin
+    from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
+    from django.test import RequestFactory
+    from django.utils.html import escape
+
+    message = MessageFactory(message_id='<a&"b"@example.test>')
+    Rejection.objects.create(message=message, kind="soft", category="no_answer", source="smtp")
+    url = f"{admin_url(Message, 'changelist')}?{query}"
+    model_admin = django_admin.site._registry[Message]
+    request = RequestFactory().get(url)
+    request.resolver_match = __import__("django.urls").urls.resolve(request.path)
+
+    link = add_preserved_filters(
+        {"preserved_filters": model_admin.get_preserved_filters(request), "opts": Message._meta},
+        admin_url(Message, "change", message.pk),
+    )
+    checkbox = django_admin.ModelAdmin.action_checkbox(model_admin, message)
+    html = superuser_client.get(url).text
+
+    assert f'href="{escape(link)}"' in html
+    assert model_admin.action_checkbox(message) == checkbox
+    assert checkbox in html
+
+
+@pytest.mark.parametrize("query", ["", "rejection=soft", "o=-3.1"])
+def test_sent_emails_rows_are_the_cells_django_admin_writes(superuser, query):
+    from django.contrib import admin as django_admin
+    from django.contrib.admin.templatetags.admin_list import result_list
+    from django.test import RequestFactory
+    from django.urls import resolve
+
+    from campaigns.templatetags.sent_emails import sent_emails_result_list
+
+    MessageFactory(
+        message_id='<x&"y"@example.test>', smtp_code=452, smtp_response="4.2.2 <full> " + "x" * 90,
+        recipient__contact__first_name="<Ada>", recipient__contact__last_name="Lovelace",
+    )  # fmt: skip
+    MessageFactory(recipient__contact__first_name="", recipient__contact__last_name="  ")
+    blank = MessageFactory(smtp_code=None, smtp_response="   ", account=None)
+    Message.objects.filter(pk=blank.pk).update(status=Message.Status.SOFT_BOUNCED)
+    _reject(blank, "soft", "mailbox_full")
+    request = RequestFactory().get(f"{admin_url(Message, 'changelist')}?{query}")
+    request.user = superuser
+    request.resolver_match = resolve(request.path)
+    cl = django_admin.site._registry[Message].get_changelist_instance(request)
+    cl.formset = None  # as changelist_view sets it
+
+    ours, theirs = sent_emails_result_list(cl), result_list(cl)
+
+    assert len(theirs["results"]) == len(cl.result_list) > 0
+    assert ["".join(map(str, row)) for row in ours["results"]] == [
+        "".join(map(str, row)) for row in theirs["results"]
+    ]
+    assert {k: v for k, v in ours.items() if k != "results"} == {
+        k: v for k, v in theirs.items() if k != "results"
+    }
 
 
 def test_sent_emails_columns_show_contact_campaign_step_and_reply(superuser_client):

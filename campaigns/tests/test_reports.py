@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from campaigns import reports
 from campaigns.models import (
+    MESSAGE_REJECTION_FLAGS,
     REJECTION_BITS,
     Campaign,
     CampaignRun,
@@ -732,6 +733,57 @@ def test_the_recipients_rejection_bits_follow_its_rejections(scenario):
         assert recipient.rejections == bits, recipient.email
 
 
+def message_flags_truth() -> dict[int, int]:
+    """Every email's rejection flags, computed from its rejections in Python."""
+    flags = dict.fromkeys(Message.objects.values_list("pk", flat=True), 0)
+    for message_id, kind, category in Rejection.objects.filter(message__isnull=False).values_list(
+        "message_id", "kind", "category"
+    ):
+        flags[message_id] |= MESSAGE_REJECTION_FLAGS[kind] | MESSAGE_REJECTION_FLAGS[category]
+    return flags
+
+
+def message_flags() -> dict[int, int]:
+    return dict(Message.objects.values_list("pk", "rejection_flags"))
+
+
+def test_the_emails_rejection_flags_follow_their_rejections(scenario):
+    assert any(message_flags().values())
+    assert message_flags() == message_flags_truth()
+
+    # A later rejection of the same email adds its category and kind to the first one's.
+    message = message_to("no-answer@example.test")
+    first = message.rejection_flags
+    Rejection.objects.create(message=message, kind="hard", category="user_not_found", source="dsn")
+    message.refresh_from_db()
+    assert message.rejection_flags == (
+        first | MESSAGE_REJECTION_FLAGS["hard"] | MESSAGE_REJECTION_FLAGS["user_not_found"]
+    )
+
+    # Moved, changed and deleted rejections: the flags are rebuilt from what is left.
+    spam = Rejection.objects.filter(category="spam_blocked").get()
+    Rejection.objects.filter(pk=spam.pk).update(message=message_to("ok9@example.test"))
+    Rejection.objects.filter(category="mailbox_full").update(category="unspecified")
+    Rejection.objects.filter(message=message, category="user_not_found").delete()
+    assert message_flags() == message_flags_truth()
+    assert message_to("spam-block@example.test").rejection_flags == 0
+
+
+def test_the_migrations_backfill_sets_the_flags_the_triggers_set(scenario):
+    import importlib
+
+    from django.db import connection
+
+    migration = importlib.import_module("campaigns.migrations.0011_message_rejection_flags")
+    kept = message_flags()
+    Message.objects.update(rejection_flags=0)
+
+    with connection.cursor() as cursor:
+        cursor.execute(migration.BACKFILL)
+
+    assert message_flags() == kept == message_flags_truth()
+
+
 def test_a_bulk_update_of_recipients_keeps_the_counters(scenario):
     Recipient.objects.filter(run=scenario.run, status="pending").update(status="failed")
     Recipient.objects.filter(run=scenario.run).update(steps_sent=F("steps_sent") + 1)
@@ -778,6 +830,7 @@ def test_truncating_rejections_or_recipients_resets_what_was_counted_from_them(s
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("TRUNCATE tracking_rejection")
     assert not Recipient.objects.exclude(rejections=0).exists()
+    assert not Message.objects.exclude(rejection_flags=0).exists()
     assert_tallies_match_rows()
 
     with connection.cursor() as cursor:
