@@ -106,8 +106,8 @@ def _events(d: dict | None) -> list[str]:
         f"events recorded per pass: {', '.join(str(p['recorded']) for p in passes)} "
         f"(replays record nothing); replays that changed anything at all: "
         f"{len(passes) - 1 - d['replays_changing_nothing']}.",
-        f"- Rows that follow the order of arrival (first-seen time values, the known recipient "
-        f"status bug): {passes[0]['arrival_order_rows'] or 'none'}.",
+        f"- Rows that follow the order of arrival (first-seen time values): "
+        f"{passes[0]['arrival_order_rows'] or 'none'}.",
     ]
 
 
