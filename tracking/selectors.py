@@ -77,24 +77,10 @@ def is_machine_agent(user_agent: str) -> bool:
     return not user_agent.strip() or bool(_MACHINE_AGENTS.search(user_agent))
 
 
-ARRIVAL_FIELDS = ("sent_at", "delivered_at", "opened_at", "clicked_at", "replied_at")
-
-
-def is_too_soon_after_arrival(facts: dict[str, datetime | None], when: datetime) -> bool:
-    """An open or click within seconds of the email arriving is a scanner on arrival. It
-    arrived when a delivery report says (delivered_at, when that came before any engagement:
-    engagement sets delivered_at too, to its own time), otherwise when it left us."""
-    arrived = facts["sent_at"]
-    delivered = facts["delivered_at"]
-    engaged = [facts[f] for f in ("opened_at", "clicked_at", "replied_at") if facts[f]]
-    if delivered and (not engaged or delivered < min(engaged)):
-        arrived = max(filter(None, (arrived, delivered)))
-    return bool(arrived and when - arrived < MACHINE_CLICK_WINDOW)
-
-
 def is_too_soon_after_sending(*, message_pk: int, when: datetime) -> bool:
-    facts = Message.objects.filter(pk=message_pk).values(*ARRIVAL_FIELDS).first()
-    return bool(facts) and is_too_soon_after_arrival(facts, when)
+    """An open or click within seconds of the email leaving us is a scanner on arrival."""
+    sent_at = Message.objects.filter(pk=message_pk).values_list("sent_at", flat=True).first()
+    return bool(sent_at and when - sent_at < MACHINE_CLICK_WINDOW)
 
 
 def messages_match(events: Sequence[InboundEvent]) -> list[int | None]:

@@ -927,7 +927,7 @@ def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | 
     """What `event_record` does for one event, in Python: the rows and changes it makes,
     added to the batch, and the message's state moved on for the events after it."""
     from contacts.models import Suppression
-    from tracking.selectors import is_too_soon_after_arrival
+    from tracking.selectors import MACHINE_CLICK_WINDOW
 
     common = {
         "source": event.source,
@@ -996,10 +996,12 @@ def _event_plan(batch: _Batch, n: int, event: InboundEvent, message: _Message | 
         return
 
     is_machine = event.is_machine
+    sent_at = message.values["sent_at"]
     if (
         event.type in (E.OPENED, E.CLICKED)
         and not is_machine
-        and is_too_soon_after_arrival(message.values, when)
+        and sent_at
+        and when - sent_at < MACHINE_CLICK_WINDOW
     ):
         is_machine = True
     message.apply(event.type, when)

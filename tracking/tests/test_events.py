@@ -30,10 +30,10 @@ def sent_message(**fields) -> Message:
 
 
 def event(kind: str, message: Message, n: int = 0, **fields) -> InboundEvent:
-    fields.setdefault("occurred_at", timezone.now() - timedelta(minutes=30 - n))
     return InboundEvent(
         type=kind,
         source="webhook:test",
+        occurred_at=timezone.now() - timedelta(minutes=30 - n),
         dedupe_key=dedupe_key("test", message.pk, kind, n),
         message_pk=message.pk,
         **fields,
@@ -421,37 +421,3 @@ def test_a_batch_reports_which_events_moved_their_message():
     ]
     message.refresh_from_db()
     assert message.status == S.OPENED
-
-
-@pytest.mark.parametrize("writer", ["one by one", "batch"])
-def test_a_click_within_seconds_of_the_reported_delivery_is_a_scanners(writer):
-    """Sent an hour ago, delivered (the ESP says) just now: a click 3 seconds after the
-    delivery is a link scanner on arrival, one a minute after it a person. A person's open
-    sets delivered_at too; a click seconds after it stays a person's."""
-    record = (lambda e: events_apply([e])) if writer == "batch" else event_record
-    now = timezone.now()
-    scanned, read = sent_message(), sent_message()
-    for n, message in enumerate((scanned, read)):
-        record(
-            InboundEvent(
-                type=E.DELIVERED, source="webhook:test", occurred_at=now - timedelta(minutes=5),
-                dedupe_key=f"d{n}", message_pk=message.pk,
-            )
-        )  # fmt: skip
-    opened = now - timedelta(minutes=2)
-    record(event(E.OPENED, read, 1, occurred_at=opened, user_agent="Mozilla/5.0 Firefox/130"))
-
-    for n, (message, at) in enumerate(
-        [
-            (scanned, now - timedelta(minutes=5) + timedelta(seconds=3)),
-            (scanned, now - timedelta(minutes=4)),
-            (read, opened + timedelta(seconds=3)),
-        ]
-    ):
-        record(event(E.CLICKED, message, 10 + n, occurred_at=at, user_agent="Mozilla/5.0"))
-
-    clicks = TrackingEvent.objects.filter(type=E.CLICKED).order_by("occurred_at")
-    by_message = {(c.message_id, c.occurred_at): c.is_machine for c in clicks}
-    assert list(by_message.values()).count(True) == 1
-    assert by_message[(scanned.pk, now - timedelta(minutes=5) + timedelta(seconds=3))] is True
-    assert Message.objects.get(pk=read.pk).status == S.CLICKED
