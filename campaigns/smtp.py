@@ -97,37 +97,14 @@ class SmtpSession:
         if self.connection is None:
             self.open()
         connection = self.connection
-        if (
+        pipelined = (
             connection.has_extn("pipelining")
             and _DOT_ATOM.match(envelope_from)
             and _DOT_ATOM.match(recipient)
-        ):
-            return self._send_pipelined(connection, envelope_from, recipient, data)
+        )
+        transaction = self._pipelined if pipelined else self._one_command_at_a_time
         try:
-            code, text = _command(connection, "mail", "FROM:", envelope_from)
-            if code == 421:
-                # The server closes the connection after a 421 (RFC 5321 3.8): an RSET first
-                # would fail on it and lose this reply.
-                self._drop()
-                return _reply(code, text, "mail")
-            if code != 250:
-                connection.rset()
-                raise AccountError(f"sender {envelope_from} refused: {code} {_decode(text)}")
-            code, text = _command(connection, "rcpt", "TO:", recipient)
-            if code not in (250, 251):
-                if code == 421:
-                    self._drop()
-                else:
-                    connection.rset()
-                return _reply(code, text, "rcpt")
-            try:
-                code, text = connection.data(data)
-            except smtplib.SMTPDataError as exc:
-                connection.rset()
-                return _reply(exc.smtp_code, exc.smtp_error, "data")
-            if code != 250:
-                connection.rset()
-            return _reply(code, text, "data")
+            return transaction(connection, envelope_from, recipient, data)
         except smtplib.SMTPServerDisconnected as exc:
             self._drop()
             return _reply(None, f"connection dropped: {_text(exc)}", "connection")
@@ -138,54 +115,69 @@ class SmtpSession:
             self._drop()
             return _reply(None, f"connection lost: {_text(exc)}", "connection")
 
-    def _send_pipelined(
+    def _one_command_at_a_time(
+        self, connection: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes
+    ) -> Reply:
+        code, text = _command(connection, "mail", "FROM:", envelope_from)
+        if code == 421:
+            # The server closes the connection after a 421 (RFC 5321 3.8): an RSET first
+            # would fail on it and lose this reply.
+            self._drop()
+            return _reply(code, text, "mail")
+        if code != 250:
+            connection.rset()
+            raise AccountError(f"sender {envelope_from} refused: {code} {_decode(text)}")
+        code, text = _command(connection, "rcpt", "TO:", recipient)
+        if code not in (250, 251):
+            self._rset_unless_closing((code, text))
+            return _reply(code, text, "rcpt")
+        try:
+            code, text = connection.data(data)
+        except smtplib.SMTPDataError as exc:
+            connection.rset()
+            return _reply(exc.smtp_code, exc.smtp_error, "data")
+        if code != 250:
+            connection.rset()
+        return _reply(code, text, "data")
+
+    def _pipelined(
         self, connection: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes
     ) -> Reply:
         """The same transaction with PIPELINING (RFC 2920), which the server advertised:
         MAIL, RCPT and DATA in one write and their three replies read in order, then the
         message: two round trips instead of four. Each reply is still read and kept."""
-        try:
-            connection.send(f"MAIL FROM:<{envelope_from}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
-            mail = connection.getreply()
-            if mail[0] == 421:  # the server closes now (RFC 5321 3.8): no more replies come
-                self._drop()
-                return _reply(*mail, "mail")
-            rcpt = connection.getreply()
-            if rcpt[0] == 421:
-                self._drop()
-                return _reply(*rcpt, "rcpt")
-            start = connection.getreply()
-            if start[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
-                # A server that opens DATA for a failed transaction: end it empty.
-                connection.send(b".\r\n")
-                connection.getreply()
-            if mail[0] != 250:
-                self._rset_unless_closing(start)
-                raise AccountError(f"sender {envelope_from} refused: {mail[0]} {_decode(mail[1])}")
-            if rcpt[0] not in (250, 251):
-                self._rset_unless_closing(rcpt, start)
-                return _reply(*rcpt, "rcpt")
-            if start[0] != 354:
-                self._rset_unless_closing(start)
-                return _reply(*start, "data")
-            connection.send(_dot_stuffed(data))
-            code, text = connection.getreply()
-            if code != 250:
-                self._rset_unless_closing((code, text))
-            return _reply(code, text, "data")
-        except smtplib.SMTPServerDisconnected as exc:
+        connection.send(f"MAIL FROM:<{envelope_from}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
+        mail = connection.getreply()
+        if mail[0] == 421:  # the server closes now (RFC 5321 3.8): no more replies come
             self._drop()
-            return _reply(None, f"connection dropped: {_text(exc)}", "connection")
-        except TimeoutError as exc:
+            return _reply(*mail, "mail")
+        rcpt = connection.getreply()
+        if rcpt[0] == 421:
             self._drop()
-            return _reply(None, f"timed out waiting for the server: {_text(exc)}", "connection")
-        except OSError as exc:
-            self._drop()
-            return _reply(None, f"connection lost: {_text(exc)}", "connection")
+            return _reply(*rcpt, "rcpt")
+        start = connection.getreply()
+        if start[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
+            # A server that opens DATA for a failed transaction: end it empty.
+            connection.send(b".\r\n")
+            connection.getreply()
+        if mail[0] != 250:
+            self._rset_unless_closing(start)
+            raise AccountError(f"sender {envelope_from} refused: {mail[0]} {_decode(mail[1])}")
+        if rcpt[0] not in (250, 251):
+            self._rset_unless_closing(start)
+            return _reply(*rcpt, "rcpt")
+        if start[0] != 354:
+            self._rset_unless_closing(start)
+            return _reply(*start, "data")
+        connection.send(_dot_stuffed(data))
+        code, text = connection.getreply()
+        if code != 250:
+            self._rset_unless_closing((code, text))
+        return _reply(code, text, "data")
 
-    def _rset_unless_closing(self, *replies: tuple[int, bytes]) -> None:
+    def _rset_unless_closing(self, reply: tuple[int, bytes]) -> None:
         """RSET after a refused transaction, unless the server said it is closing (421)."""
-        if any(code == 421 for code, _ in replies):
+        if reply[0] == 421:
             self._drop()
         else:
             self.connection.rset()
