@@ -5,6 +5,7 @@ figures it measures. Not imported by the application."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import signal
@@ -13,10 +14,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import pytest
 from django.db import connection
 
 from campaigns.models import Campaign, Message, Recipient
@@ -28,6 +32,37 @@ ROOT = Path(__file__).resolve().parents[1]
 S = Message.Status
 # What a message may end as after a crash and a restart: an outcome, or in doubt (`sending`).
 SETTLED = {S.SENT, S.DELIVERED, S.SOFT_BOUNCED, S.BOUNCED, S.FAILED}
+
+
+@contextmanager
+def redis_database_held(url: str, *, wait: float, socket_timeout: float = 5) -> Iterator:
+    """A Redis database for one test, empty before and after, and this test session's alone
+    (a lock file per database number: a second session on this machine waits for it). Skips
+    the test when Redis does not answer. Yields the client."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=socket_timeout)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.skip(f"Redis is not reachable at {url}: {exc}")
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    lock_path = Path(tempfile.gettempdir()) / f"leadcenter-test-redis-{db}.lock"
+    with open(lock_path, "w") as lock:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test session held {lock_path} for {wait:.0f} s")
+                time.sleep(0.2)
+        client.flushdb()
+        try:
+            yield client
+        finally:
+            client.flushdb()
+            client.close()
 
 
 def database_url() -> str:

@@ -5,16 +5,13 @@ Redis broker, and two clusters sharing one database never send the same message 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from email import message_from_bytes, policy
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -26,7 +23,7 @@ from campaigns.models import CampaignRun, Message
 from campaigns.services import campaign_launch
 from campaigns.simulator import SimulatedInternet, SimulatorServer
 from contacts.models import Contact
-from leadcenter.testing import ROOT, Cluster, cluster_env, received
+from leadcenter.testing import ROOT, Cluster, cluster_env, received, redis_database_held
 
 S = Message.Status
 RunStatus = CampaignRun.Status
@@ -141,30 +138,8 @@ def redis_db() -> Iterator[str]:
     "leadcenter" on it takes tasks from the same list, so a second test session on this
     machine (its own test database) must wait, or its cluster would run our tasks on its
     database."""
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    db = client.connection_pool.connection_kwargs.get("db", 0)
-    lock_path = Path(tempfile.gettempdir()) / f"leadcenter-test-redis-{db}.lock"
-    with open(lock_path, "w") as lock:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another test session held {lock_path} for {TIMEOUT} s")
-                time.sleep(0.2)
-        client.flushdb()
-        try:
-            yield REDIS_URL
-        finally:
-            client.flushdb()
-            client.close()
+    with redis_database_held(REDIS_URL, wait=TIMEOUT):
+        yield REDIS_URL
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,7 +6,6 @@ opens and clicks (event rows and message counters) equal the requests made, per 
 
 from __future__ import annotations
 
-import fcntl
 import http.client
 import os
 import random
@@ -27,7 +26,14 @@ from django.utils import timezone
 from campaigns.models import Message
 from campaigns.services import campaign_launch, dispatch_due, run_prepare
 from leadcenter.factories import CampaignFactory, CampaignStepFactory, ContactListFactory
-from leadcenter.testing import ROOT, audience_add, database_url, received, send_due_worker
+from leadcenter.testing import (
+    ROOT,
+    audience_add,
+    database_url,
+    received,
+    redis_database_held,
+    send_due_worker,
+)
 from tests.reliability.sizes import LOAD_CLIENTS, LOAD_SECONDS
 from tracking import buffer, tokens
 from tracking.models import TrackingEvent
@@ -46,34 +52,14 @@ _RESULTS_LOCK = threading.Lock()  # the clients add their counts to shared ones 
 def redis_buffer(settings):
     """The Redis tracking buffer on a database of its own, held by this session alone (a lock
     file), empty before and after."""
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    db = client.connection_pool.connection_kwargs.get("db", 0)
-    lock_path = Path(tempfile.gettempdir()) / f"leadcenter-test-redis-{db}.lock"
-    with open(lock_path, "w") as lock:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another test session held {lock_path} for 600 s")
-                time.sleep(0.5)
-        client.flushdb()
+    with redis_database_held(REDIS_URL, wait=600, socket_timeout=10) as client:
         settings.REDIS_URL = REDIS_URL
         settings.LEADCENTER_TRACKING_BUFFER = "redis"
         buffer.connections_reset()
         try:
             yield client
         finally:
-            client.flushdb()
             buffer.connections_reset()
-            client.close()
 
 
 class Gunicorn:
