@@ -1157,57 +1157,53 @@ def _rows_update(
     where: Mapping[str, Any] | None = None,
 ) -> int:
     """UPDATE many rows of `model`, each with values of its own, in one statement per few
-    thousand rows: `UPDATE ... SET ... FROM (VALUES (pk, v1, v2, ...), ...)`, which PostgreSQL
-    and SQLite (3.33+) both run. `rows`: pk -> column -> value (a column missing from a row
-    leaves it as it is, for every way but "set"); `ops`: column -> a way of _SET_SQL;
-    `constants`: columns set to one value in every row; `where`: columns each row must hold
-    (equality). Returns the number of rows updated. A few compiled statements instead of
-    Django's CASE WHEN pk = ... per row and column, which costs more to build than to run."""
+    thousand rows, the values joined in from _values_list (as messages_record_accepted does).
+    `rows`: pk -> column -> value (a column missing from a row leaves it as it is, for every
+    way but "set"); `ops`: column -> a way of _SET_SQL; `constants`: columns set to one value
+    in every row; `where`: columns each row must hold (equality). Returns the number of rows
+    updated. A few compiled statements instead of Django's CASE WHEN pk = ... per row and
+    column, which costs more to build than to run."""
     from django.db import connection
 
     if not rows:
         return 0
     meta, quote = model._meta, connection.ops.quote_name
-    columns = [(name, meta.get_field(name)) for name in ops]
-    postgres = connection.vendor == "postgresql"
-    sets = []
-    for n, (name, field) in enumerate(columns, start=2):
-        value = f"v.column{n}"
-        if postgres:  # a column of VALUES that holds only NULLs would be text
-            value = f"CAST({value} AS {field.cast_db_type(connection)})"
-        sets.append(f"{quote(field.column)} = " + _SET_SQL[ops[name]].format(
-            c=quote(field.column), v=value))  # fmt: skip
+    columns = [("id", meta.pk), *((name, meta.get_field(name)) for name in ops)]
+    sets = [
+        f"{quote(field.column)} = "
+        + _SET_SQL[ops[name]].format(c=quote(field.column), v=f"v.{name}")
+        for name, field in columns[1:]
+    ]
     head_params = []
     for name, value in (constants or {}).items():
         field = meta.get_field(name)
         sets.append(f"{quote(field.column)} = %s")
         head_params.append(field.get_db_prep_save(value, connection))
-    conditions, tail_params = [f"t.{quote(meta.pk.column)} = v.column1"], []
+    conditions, tail_params = [f"t.{quote(meta.pk.column)} = v.id"], []
     for name, value in (where or {}).items():
         field = meta.get_field(name)
         conditions.append(f"t.{quote(field.column)} = %s")
         tail_params.append(field.get_db_prep_value(value, connection))
     blank = {name: 0 if op == "add" else None for name, op in ops.items()}
     items = list(rows.items())
-    per_statement = max(1, 30_000 // (len(columns) + 1))  # SQLite's limit of parameters
+    per_statement = max(1, 30_000 // len(columns))  # SQLite's limit of parameters
     updated = 0
     with connection.cursor() as cursor:
         for start in range(0, len(items), per_statement):
-            chunk = items[start : start + per_statement]
-            params = list(head_params)
-            for pk, values in chunk:
-                params.append(pk)
-                for name, field in columns:
-                    value = values.get(name, blank[name])
-                    if value is not None and not postgres:  # psycopg takes Python values
-                        value = field.get_db_prep_save(value, connection)
-                    params.append(value)
-            row_sql = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
-            cursor.execute(
-                f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
-                f"FROM (VALUES {', '.join([row_sql] * len(chunk))}) AS v "
-                f"WHERE {' AND '.join(conditions)}",
-                [*params, *tail_params],
+            values, params = _values_list(
+                connection,
+                columns,
+                (
+                    [pk, *(row.get(name, blank[name]) for name in ops)]
+                    for pk, row in items[start : start + per_statement]
+                ),
             )
-            updated += cursor.rowcount
+            cursor.execute(
+                f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
+                f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
+                f"FROM v WHERE {' AND '.join(conditions)} RETURNING 1",
+                [*params, *head_params, *tail_params],
+            )
+            # Counted from RETURNING: Python's sqlite3 gives no rowcount for a WITH statement.
+            updated += len(cursor.fetchall())
     return updated
