@@ -13,17 +13,10 @@ from django.db import connection
 
 from campaigns.models import Message, Recipient
 from campaigns.services import campaign_launch, dispatch_due, run_prepare
+from leadcenter.testing import database_url
 from tracking.models import TrackingEvent
 
 S = Message.Status
-
-
-def _dsn() -> str:
-    s = connection.settings_dict
-    return (
-        f"host={s['HOST'] or '127.0.0.1'} port={s['PORT'] or 5432} dbname={s['NAME']} "
-        f"user={s['USER']} password={s['PASSWORD'] or ''}"
-    )
 
 
 class OtherWriter(threading.Thread):
@@ -40,7 +33,10 @@ class OtherWriter(threading.Thread):
 
     def run(self) -> None:
         try:
-            with psycopg.connect(_dsn()) as conn, psycopg.connect(_dsn(), autocommit=True) as spy:
+            with (
+                psycopg.connect(database_url()) as conn,
+                psycopg.connect(database_url(), autocommit=True) as spy,
+            ):
                 conn.execute(
                     "UPDATE campaigns_recipient SET last_action_at = now() WHERE id = %s",
                     [self.recipient_id],
