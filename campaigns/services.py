@@ -488,9 +488,7 @@ def _send_each(
     suppressed = active_suppressions([m.recipient.email for m in batch])
     threads = _threads(batch)
     run_status = _RunStatusCache()
-    delays = _next_step_delays(list({m.step_id: m.step for m in batch}.values()))
-    for message in batch:
-        message.next_step_delay = delays.get(message.step_id)
+    _next_step_delays_attach(batch)
     for message in batch:
         status = run_status.get(message.run_id)
         if status not in SENDING_RUNS:
@@ -803,6 +801,8 @@ def recipients_restore(*, message_ids: Iterable[int]) -> int:
         .select_related("step")
         .annotate(run_status=F("run__status"))
     )
+    messages = list(messages)
+    _next_step_delays_attach(messages)
     restored = 0
     for message in messages:
         sent_at = message.sent_at or message.status_changed_at or timezone.now()
@@ -814,6 +814,13 @@ def recipients_restore(*, message_ids: Iterable[int]) -> int:
             **fields
         )
     return restored
+
+
+def _next_step_delays_attach(messages: list[Message]) -> None:
+    """Each message's `next_step_delay` (read by _recipient_sent_fields), in one query."""
+    delays = _next_step_delays(list({m.step_id: m.step for m in messages}.values()))
+    for message in messages:
+        message.next_step_delay = delays.get(message.step_id)
 
 
 def _next_step_delays(steps: list[CampaignStep]) -> dict[int, timedelta | None]:
