@@ -450,25 +450,98 @@ def _events_insert(
         [(name, meta.get_field(name)) for name in per_row],
         ([pk, when, _fresh_key(), detail] for pk, when, detail in rows),
     )
+    insert, insert_params = _events_insert_from(connection, "v", per_row, constants)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH v ({', '.join(per_row)}) AS ({values}) {insert}", [*params, *insert_params]
+        )
+
+
+def _events_insert_from(
+    connection, source: str, per_row: list[str], constants: Mapping[str, Any]
+) -> tuple[str, list[Any]]:
+    """INSERT ... SELECT of event rows, one per row of the relation `source`, whose columns
+    named in `per_row` (field names) give those fields; every other column is a constant or
+    its default."""
+    meta = TrackingEvent._meta
     cast = connection.vendor == "postgresql"
-    columns, select = [], []
+    columns, select, params = [], [], []
     for field in meta.concrete_fields:
         if field.primary_key:
             continue
         columns.append(connection.ops.quote_name(field.column))
         if field.name in per_row:
-            select.append(f"v.{field.name}")
+            select.append(f"{source}.{field.name}")
             continue
         value = constants[field.name] if field.name in constants else field.get_default()
         params.append(_prepare(field, value, connection))
         select.append(f"CAST(%s AS {field.cast_db_type(connection)})" if cast else "%s")
+    table = connection.ops.quote_name(meta.db_table)
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(select)} FROM {source}"
+    return sql, params
+
+
+def messages_claim(*, due: QuerySet, limit: int, occurred_at: datetime) -> list[int]:
+    """Claim up to `limit` of the `due` messages (in its order) for this worker: `sending`,
+    claimed now, one more attempt, one `claimed` event each. Returns the ids claimed.
+
+    PostgreSQL: one statement. The rows are picked FOR UPDATE SKIP LOCKED, so two workers
+    never claim the same message and neither waits for the other; the UPDATE and the events'
+    INSERT ride on the same statement. Elsewhere (SQLite serialises writers): read, then
+    messages_transition per status. Call it inside the transaction that commits the claim."""
+    claimable = [status for status, moves in TRANSITIONS.items() if S.SENDING in moves]
+    due = due.filter(status__in=claimable)
+    fields = {"claimed_at": occurred_at, "attempts": F("attempts") + 1}
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        picked = list(due.values_list("pk", "status")[:limit])
+        claimed: list[int] = []
+        for from_status in claimable:
+            claimed += messages_transition(
+                message_ids=[pk for pk, status in picked if status == from_status],
+                from_status=from_status,
+                status=S.SENDING,
+                event_type=E.CLAIMED,
+                source=TrackingEvent.Source.SYSTEM,
+                occurred_at=occurred_at,
+                fields=fields,
+            )
+        return sorted(claimed)
+    picked = due.select_for_update(skip_locked=True, of=("self",)).values_list("pk", "status")
+    due_sql, due_params = picked[:limit].query.get_compiler(connection=connection).as_sql()
+    table = connection.ops.quote_name(Message._meta.db_table)
+    dated = Message._meta.get_field("status_changed_at").cast_db_type(connection)
+    insert, insert_params = _events_insert_from(
+        connection,
+        "moved",
+        ["message", "dedupe_key", "from_status"],
+        {
+            "type": E.CLAIMED,
+            "source": TrackingEvent.Source.SYSTEM,
+            "occurred_at": occurred_at,
+            "to_status": S.SENDING,
+            "received_at": timezone.now(),
+        },
+    )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH v ({', '.join(per_row)}) AS ({values}) "
-            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) "
-            f"SELECT {', '.join(select)} FROM v",
-            params,
+            f"WITH due (id, status) AS ({due_sql}), "
+            f"moved AS (UPDATE {table} SET status = %s, status_changed_at = CAST(%s AS {dated}), "
+            f"claimed_at = CAST(%s AS {dated}), attempts = {table}.attempts + 1 "
+            f"FROM due WHERE {table}.id = due.id AND {table}.status = due.status "
+            f"RETURNING {table}.id AS message, due.status AS from_status, "
+            f"'local:' || replace(CAST(gen_random_uuid() AS text), '-', '') AS dedupe_key), "
+            f"events AS ({insert}) "
+            "SELECT message FROM moved ORDER BY message",
+            [
+                *due_params,
+                S.SENDING,
+                _prepare(None, occurred_at, connection),
+                _prepare(None, occurred_at, connection),
+                *insert_params,
+            ],
         )
+        return [pk for (pk,) in cursor.fetchall()]
 
 
 def _values_list(connection, columns, rows) -> tuple[str, list[Any]]:
