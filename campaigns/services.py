@@ -587,9 +587,11 @@ def _send_each(
             report.failed += 1
             continue
         try:
-            reply = session.send(email.envelope_from, email.recipient, email.data)
+            # The reply comes later (SmtpSession.submit): this one's, or the one before's.
+            session.submit(email.envelope_from, email.recipient, email.data, message)
         except AccountError as exc:
             # Our sender refused: give this and the rest of the batch back, unsent.
+            _replies_record(account, session.completed(), report, accepted)
             report.account_errors.append(str(exc))
             account_record_failure(account=account, error=str(exc))
             rest = [m.pk for m in batch[batch.index(message) :]]
@@ -604,6 +606,19 @@ def _send_each(
                 )
             )
             return
+        _replies_record(account, session.completed(), report, accepted)
+    session.flush()
+    _replies_record(account, session.completed(), report, accepted)
+
+
+def _replies_record(
+    account: SendingAccount,
+    replies: list[tuple[Message, Reply]],
+    report: DispatchReport,
+    accepted: list[tuple[Message, Reply, datetime]],
+) -> None:
+    """Accepted messages wait for the batch's end (_record_sent); the others are recorded now."""
+    for message, reply in replies:
         if reply.accepted:
             accepted.append((message, reply, timezone.now()))
             continue

@@ -45,9 +45,23 @@ def _reply(code: int | None, raw: bytes | str, stage: str) -> Reply:
 
 
 class SmtpSession:
+    """One connection to the account's server; one SMTP transaction per recipient.
+
+    `send()` is one transaction, its reply returned. `submit()` streams a batch: with PIPELINING
+    (RFC 2920) a message's MAIL, RCPT and DATA go in one write behind the previous message's
+    content, whose reply is read after them ("the actual transfer of message content is
+    explicitly allowed to be the first command in a group"), so the next message is composed
+    while the server reads the previous one, and a message costs one round trip. A message's
+    content is only sent after the server answered 354 to its DATA, which it does only after
+    the previous message's reply: nothing goes out that we did not see the previous outcome
+    of. The replies come back, each with the key it was submitted with, from `completed()`;
+    `flush()` reads the last one."""
+
     def __init__(self, account: SendingAccount) -> None:
         self.account = account
         self.connection: smtplib.SMTP | None = None
+        self._pending: object = _NOTHING  # key of a message whose content went, reply unread
+        self._completed: list[tuple[object, Reply]] = []
 
     def __enter__(self) -> SmtpSession:
         self.open()
@@ -86,6 +100,8 @@ class SmtpSession:
 
     def close(self) -> None:
         if self.connection is not None:
+            self.flush()
+        if self.connection is not None:
             try:
                 self.connection.quit()
             except (OSError, smtplib.SMTPException):
@@ -94,17 +110,87 @@ class SmtpSession:
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
         """One SMTP transaction. Raises AccountError when the server refuses our sender."""
+        key = object()
+        self.submit(envelope_from, recipient, data, key)
+        self.flush()
+        return dict(self.completed())[key]
+
+    def completed(self) -> list[tuple[object, Reply]]:
+        """The replies read since the last call, each with its message's key, in order."""
+        done, self._completed = self._completed, []
+        return done
+
+    def flush(self) -> None:
+        """Read the reply to the message still waiting for one."""
+        if self._pending is not _NOTHING:
+            key, self._pending = self._pending, _NOTHING
+            self._completed.append((key, self._guarded(self._final_reply)))
+
+    def submit(self, envelope_from: str, recipient: str, data: bytes, key: object) -> None:
+        """Send one message; its reply (and the previous message's) come from completed().
+        Raises AccountError when the server refuses our sender or a new connection cannot be
+        had; the replies read before that are in completed() all the same."""
         if self.connection is None:
             self.open()
-        connection = self.connection
-        pipelined = (
-            connection.has_extn("pipelining")
+        pipelined = self._pipelining(envelope_from, recipient)
+        if self._pending is not _NOTHING:
+            if pipelined:
+                # Behind the previous message's content, whose reply comes first: read it
+                # even when the write failed, the server may have answered before closing.
+                written = self._write_commands(envelope_from, recipient)
+                self.flush()
+                if written and self.connection is not None:
+                    self._after_commands(envelope_from, data, key)
+                    return
+                self._drop()
+            else:
+                self.flush()
+            if self.connection is None:
+                # The connection ended with the previous message, before anything of this
+                # one was taken: this one goes on a new connection.
+                self.open()
+        if not pipelined:
+            connection = self.connection
+            reply = self._guarded(
+                lambda: self._one_command_at_a_time(connection, envelope_from, recipient, data)
+            )
+            self._completed.append((key, reply))
+            return
+        if self._write_commands(envelope_from, recipient):
+            self._after_commands(envelope_from, data, key)
+        else:
+            self._drop()
+            self._completed.append((key, _reply(None, "connection lost", "connection")))
+
+    def _pipelining(self, envelope_from: str, recipient: str) -> bool:
+        return bool(
+            self.connection.has_extn("pipelining")
             and _DOT_ATOM.match(envelope_from)
             and _DOT_ATOM.match(recipient)
         )
-        transaction = self._pipelined if pipelined else self._one_command_at_a_time
+
+    def _write_commands(self, envelope_from: str, recipient: str) -> bool:
+        """MAIL, RCPT and DATA in one write; False when the connection is gone."""
+        commands = f"MAIL FROM:<{envelope_from}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
         try:
-            return transaction(connection, envelope_from, recipient, data)
+            self.connection.sock.sendall(commands.encode("ascii"))
+        except OSError:
+            return False
+        return True
+
+    def _after_commands(self, envelope_from: str, data: bytes, key: object) -> None:
+        connection = self.connection
+        reply = self._guarded(lambda: self._pipelined(connection, envelope_from, data))
+        if reply is None:
+            self._pending = key
+        else:
+            self._completed.append((key, reply))
+
+    def _guarded(self, step):
+        """Run one step of the conversation; a connection that drops or times out ends it,
+        and the message in hand gets a reply without a code (no answer)."""
+        try:
+            return step()
         except smtplib.SMTPServerDisconnected as exc:
             self._drop()
             return _reply(None, f"connection dropped: {_text(exc)}", "connection")
@@ -114,6 +200,16 @@ class SmtpSession:
         except OSError as exc:
             self._drop()
             return _reply(None, f"connection lost: {_text(exc)}", "connection")
+
+    def _final_reply(self) -> Reply:
+        if self.connection is None:
+            raise smtplib.SMTPServerDisconnected("the connection closed before the reply")
+        code, text = self.connection.getreply()
+        # The transaction is over whatever the reply (RFC 5321 4.1.1.4): no RSET, which would
+        # land behind the next message's commands. A 421 closes the connection.
+        if code == 421:
+            self._drop()
+        return _reply(code, text, "data")
 
     def _one_command_at_a_time(
         self, connection: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes
@@ -140,13 +236,10 @@ class SmtpSession:
             connection.rset()
         return _reply(code, text, "data")
 
-    def _pipelined(
-        self, connection: smtplib.SMTP, envelope_from: str, recipient: str, data: bytes
-    ) -> Reply:
-        """The same transaction with PIPELINING (RFC 2920), which the server advertised:
-        MAIL, RCPT and DATA in one write and their three replies read in order, then the
-        message: two round trips instead of four. Each reply is still read and kept."""
-        connection.send(f"MAIL FROM:<{envelope_from}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
+    def _pipelined(self, connection: smtplib.SMTP, envelope_from: str, data: bytes) -> Reply | None:
+        """The replies to MAIL, RCPT and DATA (sent by submit()), read in order, then the
+        message content when the server is ready for it: None then, its reply comes later.
+        Each reply is read and kept."""
         mail = connection.getreply()
         if mail[0] == 421:  # the server closes now (RFC 5321 3.8): no more replies come
             self._drop()
@@ -170,10 +263,7 @@ class SmtpSession:
             self._rset_unless_closing(start)
             return _reply(*start, "data")
         connection.send(_dot_stuffed(data))
-        code, text = connection.getreply()
-        if code != 250:
-            self._rset_unless_closing((code, text))
-        return _reply(code, text, "data")
+        return None
 
     def _rset_unless_closing(self, reply: tuple[int, bytes]) -> None:
         """RSET after a refused transaction, unless the server said it is closing (421)."""
@@ -190,6 +280,9 @@ class SmtpSession:
             except OSError:
                 pass
             self.connection = None
+
+
+_NOTHING = object()
 
 
 # A dot-atom address: smtplib's quoteaddr() gives it back as "<address>", unchanged.
@@ -237,6 +330,7 @@ class EspSession:
 
     def __init__(self, account: SendingAccount) -> None:
         self.account = account
+        self._completed: list[tuple[object, Reply]] = []
 
     def __enter__(self) -> EspSession:
         return self
@@ -249,6 +343,17 @@ class EspSession:
             raise AccountError(f"{self.account.name} has no ESP configured")
 
     def close(self) -> None:
+        pass
+
+    def submit(self, envelope_from: str, recipient: str, data: bytes, key: object) -> None:
+        """As SmtpSession.submit: the reply is ready at once."""
+        self._completed.append((key, self.send(envelope_from, recipient, data)))
+
+    def completed(self) -> list[tuple[object, Reply]]:
+        done, self._completed = self._completed, []
+        return done
+
+    def flush(self) -> None:
         pass
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> Reply:

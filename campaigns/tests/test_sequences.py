@@ -134,18 +134,17 @@ def test_a_pause_mid_batch_gives_the_unsent_claims_back(
     add_contacts(*(f"r{i}@example.test" for i in range(6)))
     campaign = make_campaign()
     run = launch(campaign)
-    real_send = SmtpSession.send
+    real_submit = SmtpSession.submit
     sent_so_far = []
 
-    def send_then_pause(self, envelope_from, recipient, data):
+    def submit_then_pause(self, envelope_from, recipient, data, key):
         # A person clicks Pause once the second email has gone out.
-        reply = real_send(self, envelope_from, recipient, data)
+        real_submit(self, envelope_from, recipient, data, key)
         sent_so_far.append(recipient)
         if len(sent_so_far) == 2:
             campaign_pause(campaign=campaign)
-        return reply
 
-    monkeypatch.setattr(SmtpSession, "send", send_then_pause)
+    monkeypatch.setattr(SmtpSession, "submit", submit_then_pause)
     monkeypatch.setattr(services._RunStatusCache, "ttl", 0.0)
 
     dispatch_due()

@@ -62,3 +62,75 @@ def test_a_dropped_connection_mid_data_is_no_answer_and_the_next_send_reconnects
 
     assert dropped.code in (None, 421) and not dropped.accepted
     assert again.accepted
+
+
+def test_a_streamed_batch_gets_each_reply_under_its_own_key(server, session):
+    # submit() as the sender uses it: each message's reply comes back from completed() with
+    # the key it went with, whatever came before it on the connection.
+    batch = [
+        ("first", "ada@example.test"),
+        ("unknown", "x.user-unknown@example.test"),
+        ("spam", "x.spam-block@example.test"),
+        ("full", "x.mailbox-full@example.test"),
+        ("after-refusals", "bob@example.test"),
+        ("dropped", "x.drop-in-data@example.test"),
+        ("after-drop", "cy@example.test"),
+    ]
+    replies = []
+    for key, address in batch:
+        session.submit(f"bounce+{key}@leadcenter.test", address, BODY, key)
+        replies += session.completed()
+    session.flush()
+    replies += session.completed()
+
+    assert [key for key, _ in replies] == [key for key, _ in batch]
+    by_key = dict(replies)
+    assert by_key["first"].accepted and by_key["after-refusals"].accepted
+    assert (by_key["unknown"].code, by_key["unknown"].stage) == (550, "rcpt")
+    assert (by_key["spam"].code, by_key["spam"].stage) == (554, "data")
+    assert (by_key["full"].code, by_key["full"].status) == (452, "4.2.2")
+    assert by_key["dropped"].code in (None, 421) and not by_key["dropped"].accepted
+    # The server went away with the message before it: this one went on a new connection.
+    assert by_key["after-drop"].accepted
+    delivered = server.handler.delivered
+    assert [d.mail_from for d in delivered] == [
+        "bounce+first@leadcenter.test",
+        "bounce+after-refusals@leadcenter.test",
+        "bounce+after-drop@leadcenter.test",
+    ]
+    assert all(
+        d.data.replace(b"\r\n", b"\n") == (BODY + b"\r\n").replace(b"\r\n", b"\n")
+        for d in delivered
+    )
+
+
+class _SlowToAccept(SimulatedInternet):
+    """Takes half a second over each message before it answers the end of its data."""
+
+    async def handle_DATA(self, server, session, envelope):
+        import asyncio
+
+        await asyncio.sleep(0.5)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one command at a time"])
+def test_with_pipelining_submit_returns_while_the_server_reads_the_message(pipelining):
+    import time
+
+    with SimulatorServer(_SlowToAccept(pipelining=pipelining)) as server:
+        account = SendingAccountFactory(smtp_port=server.port, smtp_timeout=5)
+        with SmtpSession(account) as session:
+            started = time.monotonic()
+            session.submit("bounce@leadcenter.test", "ada@example.test", BODY, "ada")
+            returned_after = time.monotonic() - started
+            waiting = session.completed()
+            session.flush()
+            [(key, reply)] = waiting + session.completed()
+
+    assert key == "ada" and reply.accepted
+    if pipelining:
+        # The message went; its reply is read with the next message's, or by flush().
+        assert waiting == [] and returned_after < 0.4
+    else:
+        assert waiting != [] and returned_after >= 0.5
