@@ -4,7 +4,9 @@ open pixel and rewritten links."""
 from __future__ import annotations
 
 import binascii
+import functools
 import html
+import itertools
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -135,8 +137,9 @@ def _render_plan(plan: list, context: dict) -> str | None:
     return "".join(out)
 
 
-def tracking_url(kind: str, token: str) -> str:
-    base = settings.LEADCENTER_BASE_URL
+def tracking_url(kind: str, token: str, base: str | None = None) -> str:
+    """`base`: settings.LEADCENTER_BASE_URL, when the caller has read it already."""
+    base = settings.LEADCENTER_BASE_URL if base is None else base
     return f"{base}/t/o/{token}.gif" if kind == tokens.OPEN else f"{base}/t/{kind}/{token}/"
 
 
@@ -144,21 +147,21 @@ def unsubscribe_url(message_pk: int) -> str:
     return tracking_url(tokens.UNSUBSCRIBE, tokens.make_token(tokens.UNSUBSCRIBE, message_pk))
 
 
-def _rewrite_links(html: str, message_pk: int) -> str:
-    own = settings.LEADCENTER_BASE_URL + "/t/"
+def _rewrite_links(html: str, message_pk: int, base: str, secret: str) -> str:
+    own = base + "/t/"
 
     def replace(match: re.Match) -> str:
         url = match.group(3)
         if url.startswith(own):
             return match.group(0)
-        tracked = tracking_url(tokens.CLICK, tokens.make_click_token(message_pk, url))
-        return f"{match.group(1)}{match.group(2)}{tracked}{match.group(2)}"
+        token = tokens.make_click_token(message_pk, url, secret=secret)
+        return f"{match.group(1)}{match.group(2)}{base}/t/{tokens.CLICK}/{token}/{match.group(2)}"
 
     return _HREF.sub(replace, html)
 
 
-def _add_pixel(html: str, message_pk: int) -> str:
-    src = tracking_url(tokens.OPEN, tokens.make_token(tokens.OPEN, message_pk))
+def _add_pixel(html: str, message_pk: int, base: str, secret: str) -> str:
+    src = tracking_url(tokens.OPEN, tokens.make_token(tokens.OPEN, message_pk, secret=secret), base)
     pixel = f'<img src="{src}" width="1" height="1" alt="" style="display:none">'
     if _BODY_END.search(html):
         return _BODY_END.sub(lambda m: pixel + m.group(0), html, count=1)
@@ -192,13 +195,19 @@ def _text_part(subtype: str, text: str) -> bytes:
     ).encode() + body.replace(b"\n", b"\r\n")
 
 
+# A MIME boundary needs only be absent from the parts: a quoted-printable body cannot hold
+# "=_" ("=" is written "=3D"), so one that starts with it is safe; the rest makes it unique.
+_BOUNDARY_PREFIX = f"=_lc_{secrets.token_hex(6)}_"
+_boundaries = itertools.count()
+
+
 def build_message(headers: list[tuple[str, str]], text: str, html: str) -> bytes:
     """The MIME message, built directly: the email package's default policy parses every
     header it is given and costs more than the SMTP conversation itself."""
     head = "".join(f"{name}: {value}\r\n" for name, value in headers) + "MIME-Version: 1.0\r\n"
     if not html:
         return head.encode() + _text_part("plain", text) + b"\r\n"
-    boundary = f"=_lc_{secrets.token_hex(12)}"
+    boundary = f"{_BOUNDARY_PREFIX}{next(_boundaries)}"
     head += f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
     sep = f"\r\n--{boundary}\r\n".encode()
     return (
@@ -209,6 +218,24 @@ def build_message(headers: list[tuple[str, str]], text: str, html: str) -> bytes
         + _text_part("html", html)
         + f"\r\n--{boundary}--\r\n".encode()
     )
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_header() -> str:
+    """The Date header for now, formatted once a second."""
+    global _date_cache
+    now = timezone.now()
+    second = int(now.timestamp())
+    if _date_cache[0] != second:
+        _date_cache = (second, format_datetime(now.replace(microsecond=0)))
+    return _date_cache[1]
+
+
+@functools.lru_cache(maxsize=256)
+def _from_header(name: str, address: str) -> str:
+    return _address(name, address)
 
 
 def compose(
@@ -228,7 +255,9 @@ def compose(
     """The full email for one message. `thread` lists the Message-IDs of earlier steps."""
     if not _ADDRESS.match(recipient_email):
         raise RenderError(f"not an email address: {recipient_email!r}")
-    unsubscribe = unsubscribe_url(message_pk)
+    base, secret = settings.LEADCENTER_BASE_URL, settings.SECRET_KEY
+    unsubscribe_token = tokens.make_token(tokens.UNSUBSCRIBE, message_pk, secret=secret)
+    unsubscribe = tracking_url(tokens.UNSUBSCRIBE, unsubscribe_token, base)
     context = {"contact": contact, "unsubscribe_url": unsubscribe, "step": step}
     try:
         subject = cache.render(step, "subject", context).strip()
@@ -239,21 +268,18 @@ def compose(
     except Exception as exc:  # a template tag failing at render time
         raise RenderError(f"step {step.position}: {exc}") from exc
     if html and track_clicks:
-        html = _rewrite_links(html, message_pk)
+        html = _rewrite_links(html, message_pk, base, secret)
     if html and track_opens:
-        html = _add_pixel(html, message_pk)
+        html = _add_pixel(html, message_pk, base, secret)
 
     targets = [f"<{unsubscribe}>"]
-    if settings.LEADCENTER_UNSUBSCRIBE_MAILTO:
-        token = tokens.make_token(tokens.UNSUBSCRIBE, message_pk)
-        targets.append(
-            f"<mailto:{settings.LEADCENTER_UNSUBSCRIBE_MAILTO}?subject=unsubscribe-{token}>"
-        )
+    if mailto := settings.LEADCENTER_UNSUBSCRIBE_MAILTO:
+        targets.append(f"<mailto:{mailto}?subject=unsubscribe-{unsubscribe_token}>")
     headers = [
-        ("From", _address(account.from_name, account.from_email)),
+        ("From", _from_header(account.from_name, account.from_email)),
         ("To", _address(contact.full_name if contact is not None else "", recipient_email)),
         ("Subject", _header(subject_prefix + subject)),
-        ("Date", format_datetime(timezone.now())),
+        ("Date", _date_header()),
         ("Message-ID", message_id),
     ]
     if thread:
@@ -263,7 +289,7 @@ def compose(
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
     envelope_from = (
-        tokens.verp_address(account.return_path, message_pk)
+        tokens.verp_address(account.return_path, message_pk, secret=secret)
         if account.return_path
         else account.from_email
     )

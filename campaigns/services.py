@@ -22,8 +22,7 @@ from campaigns import selectors
 from campaigns.mail import RenderError, TemplateCache, compose
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
 from campaigns.smtp import AccountError, EspSession, Reply, SmtpSession, session_for
-from contacts.models import Contact
-from contacts.services import active_suppressions
+from contacts.models import Contact, Suppression
 from tracking.classification import classify_rejection
 from tracking.models import TrackingEvent
 from tracking.services import (
@@ -368,6 +367,7 @@ def account_send(
     # account go over the same connection (the session reconnects when the server drops it).
     session: SmtpSession | EspSession | None = None
     cache = TemplateCache()
+    run_status = _RunStatusCache()
     try:
         while deadline is None or time.monotonic() < deadline:
             now = timezone.now()
@@ -392,7 +392,7 @@ def account_send(
                 break
             report.claimed += len(batch)
             report.runs |= {m.run_id for m in batch}
-            report.merge(_send_batch(account, session, batch, cache))
+            report.merge(_send_batch(account, session, batch, cache, run_status))
             if report.account_errors:
                 break
     finally:
@@ -467,14 +467,24 @@ def _claimed_load(ids: list[int]) -> list[Message]:
         wanted, param = "m.id = ANY(CAST(%s AS bigint[]))", "{" + ",".join(map(str, ids)) + "}"
     else:
         wanted, param = "m.id IN (SELECT value FROM json_each(%s))", f"[{','.join(map(str, ids))}]"
+    steps = quote(CampaignStep._meta.db_table)
     sql = (
-        f"SELECT {columns} FROM {quote(Message._meta.db_table)} m "
+        f"SELECT {columns}, "
+        # Whether the address is on the suppression list now (contacts.services
+        # .active_suppressions, by its index of active entries).
+        f"EXISTS (SELECT 1 FROM {quote(Suppression._meta.db_table)} s "
+        f"WHERE s.email = lower(trim(r.email)) AND s.lifted_at IS NULL), "
+        # The delay of the campaign's step after this one (none for a last step).
+        f"(SELECT n.delay FROM {steps} st JOIN {steps} n ON n.campaign_id = st.campaign_id "
+        f"AND n.position > st.position WHERE st.id = m.step_id ORDER BY n.position LIMIT 1) "
+        f"FROM {quote(Message._meta.db_table)} m "
         f"JOIN {quote(Recipient._meta.db_table)} r ON r.id = m.recipient_id "
         f"JOIN {quote(Contact._meta.db_table)} c ON c.id = r.contact_id "
         f"WHERE {wanted} ORDER BY m.id"
     )
     db = connection.alias
     converters = [(model, names, _row_converters(model, names)) for model, _alias, names in parts]
+    [delay_converter] = _row_converters(CampaignStep, ("delay",)) or [None]
     messages = []
     with connection.cursor() as cursor:
         cursor.execute(sql, [param])
@@ -489,6 +499,11 @@ def _claimed_load(ids: list[int]) -> list[Message]:
             message, recipient, contact = instances
             recipient.contact = contact
             message.recipient = recipient
+            suppressed, delay = row[at:]
+            message.suppressed = bool(suppressed)
+            message.next_step_delay = (
+                delay_converter(delay) if delay_converter and delay is not None else delay
+            )
             messages.append(message)
     return messages
 
@@ -517,6 +532,7 @@ def _send_batch(
     session: SmtpSession | EspSession,
     batch: list[Message],
     cache: TemplateCache | None = None,
+    run_status: _RunStatusCache | None = None,
 ) -> DispatchReport:
     """Send a claimed batch. Rejections and our own failures are recorded one message at a
     time as they come (they are rare); the accepted messages are recorded together after the
@@ -524,9 +540,10 @@ def _send_batch(
     doubt, never resent: no more than the batch, which is what the claim bounds anyway."""
     report = DispatchReport()
     cache = cache or TemplateCache()
+    run_status = run_status or _RunStatusCache()
     accepted: list[tuple[Message, Reply, datetime]] = []
     try:
-        _send_each(account, session, batch, cache, report, accepted)
+        _send_each(account, session, batch, cache, run_status, report, accepted)
     finally:
         _record_sent(account, accepted)
     report.sent += len(accepted)
@@ -540,13 +557,11 @@ def _send_each(
     session: SmtpSession | EspSession,
     batch: list[Message],
     cache: TemplateCache,
+    run_status: _RunStatusCache,
     report: DispatchReport,
     accepted: list[tuple[Message, Reply, datetime]],
 ) -> None:
-    suppressed = active_suppressions([m.recipient.email for m in batch])
     threads = _threads(batch)
-    run_status = _RunStatusCache()
-    _next_step_delays_attach(batch)
     for message in batch:
         status = run_status.get(message.run_id)
         if status not in SENDING_RUNS:
@@ -564,7 +579,7 @@ def _send_each(
             report.released += 1
             continue
         contact = message.recipient.contact
-        reason = _drop_reason(message, contact, suppressed)
+        reason = _drop_reason(message, contact)
         if reason:
             _record_failure(message, reason)
             report.failed += 1
@@ -700,11 +715,11 @@ class _RunStatusCache:
         return self._statuses.get(run_id, "")
 
 
-def _drop_reason(message: Message, contact: Contact, suppressed: set[str]) -> str:
+def _drop_reason(message: Message, contact: Contact) -> str:
     """Why a claimed message must not go out after all (the address went bad meanwhile)."""
     if contact.email_status == Contact.EmailStatus.INVALID:
         return f"dropped: address marked invalid ({contact.invalid_reason})"
-    if message.recipient.email.strip().lower() in suppressed:
+    if message.suppressed:
         return "dropped: address on the suppression list"
     if contact.unsubscribed_at or contact.do_not_email:
         return "dropped: the contact asked not to be emailed"

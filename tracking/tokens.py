@@ -94,10 +94,10 @@ def _secrets() -> list[str]:
     return [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
 
 
-def _make_raw(kind: str, message_id: int, extra: str) -> bytes:
+def _make_raw(kind: str, message_id: int, extra: str, secret: str | None = None) -> bytes:
     if kind not in _KINDS:
         raise ValueError(f"unknown token kind {kind!r}")
-    secret = settings.SECRET_KEY
+    secret = secret or settings.SECRET_KEY
     body = struct.pack(">Q", _permute(message_id, secret))
     return body + _tag(secret, kind, body, extra)
 
@@ -112,8 +112,10 @@ def _read_raw(kind: str, raw: bytes, extra: str) -> int | None:
     return None
 
 
-def make_token(kind: str, message_id: int, extra: str = "") -> str:
-    return _b64(_make_raw(kind, message_id, extra))
+def make_token(kind: str, message_id: int, extra: str = "", *, secret: str | None = None) -> str:
+    """`secret`: settings.SECRET_KEY, when the caller has read it already (an email carries
+    half a dozen tokens)."""
+    return _b64(_make_raw(kind, message_id, extra, secret))
 
 
 def read_token(kind: str, token: str, extra: str = "") -> int | None:
@@ -131,9 +133,9 @@ class ClickTarget:
     url: str
 
 
-def make_click_token(message_id: int, url: str) -> str:
+def make_click_token(message_id: int, url: str, *, secret: str | None = None) -> str:
     """The click token carries its target URL, signed together with the message."""
-    return f"{make_token(CLICK, message_id, url)}.{_b64_url(url)}"
+    return f"{make_token(CLICK, message_id, url, secret=secret)}.{_b64_url(url)}"
 
 
 @lru_cache(maxsize=1024)  # a campaign's links are the same in every email
@@ -153,10 +155,11 @@ def read_click_token(token: str) -> ClickTarget | None:
     return ClickTarget(message_id, url) if message_id is not None else None
 
 
-def verp_address(return_path: str, message_id: int) -> str:
+def verp_address(return_path: str, message_id: int, *, secret: str | None = None) -> str:
     """bounces@example.com -> bounces+<token>@example.com for the envelope sender."""
     # Base32, lower-cased: some servers change the case of the local part they bounce to.
-    token = base64.b32encode(_make_raw(VERP, message_id, "")).decode().rstrip("=").lower()
+    raw = _make_raw(VERP, message_id, "", secret)
+    token = base64.b32encode(raw).decode().rstrip("=").lower()
     local, _, domain = return_path.rpartition("@")
     return f"{local}+{token}@{domain}"
 

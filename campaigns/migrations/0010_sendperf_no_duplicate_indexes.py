@@ -29,6 +29,8 @@ from __future__ import annotations
 import django.db.models.deletion
 from django.db import migrations, models
 
+from leadcenter.schema import index_create, indexes_drop, unique_rename
+
 # (table, column): the single-column, non-unique indexes to drop.
 DUPLICATES = [
     ("campaigns_message", "recipient_id"),
@@ -42,56 +44,18 @@ DUPLICATES = [
 MESSAGE_ID_UNIQUE = "message_message_id_unique"
 
 
-def _indexes(schema_editor, table: str, column: str, *, unique: bool) -> list[str]:
-    connection = schema_editor.connection
-    with connection.cursor() as cursor:
-        constraints = connection.introspection.get_constraints(cursor, table)
-    return [
-        name
-        for name, info in constraints.items()
-        if info["columns"] == [column]
-        and not info["primary_key"]
-        and (info["unique"] if unique else info["index"] and not info["unique"])
-    ]
-
-
 def forward(apps, schema_editor) -> None:
-    quote = schema_editor.quote_name
     for table, column in DUPLICATES:
-        for name in _indexes(schema_editor, table, column, unique=False):
-            schema_editor.execute(f"DROP INDEX IF EXISTS {quote(name)}", params=None)
-    if schema_editor.connection.vendor == "postgresql":
-        for name in _indexes(schema_editor, "campaigns_message", "message_id", unique=True):
-            if name != MESSAGE_ID_UNIQUE:
-                schema_editor.execute(
-                    f"ALTER TABLE campaigns_message RENAME CONSTRAINT {quote(name)} "
-                    f"TO {quote(MESSAGE_ID_UNIQUE)}",
-                    params=None,
-                )
+        indexes_drop(schema_editor, table, column)
+    unique_rename(schema_editor, "campaigns_message", "message_id", MESSAGE_ID_UNIQUE)
 
 
 def backward(apps, schema_editor) -> None:
-    quote = schema_editor.quote_name
-    postgresql = schema_editor.connection.vendor == "postgresql"
     for table, column in DUPLICATES:
-        if column == "message_id":
-            if not postgresql:
-                continue
-            name = schema_editor._create_index_name(table, [column], suffix="_like")
-            columns = f"{quote(column)} varchar_pattern_ops"
-        else:
-            name = schema_editor._create_index_name(table, [column], suffix="")
-            columns = quote(column)
-        schema_editor.execute(
-            f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} ({columns})",
-            params=None,
-        )
-    if postgresql:
-        schema_editor.execute(
-            f"ALTER TABLE campaigns_message RENAME CONSTRAINT {quote(MESSAGE_ID_UNIQUE)} "
-            "TO campaigns_message_message_id_key",
-            params=None,
-        )
+        index_create(schema_editor, table, column, like=column == "message_id")
+    unique_rename(
+        schema_editor, "campaigns_message", "message_id", "campaigns_message_message_id_key"
+    )
 
 
 class Migration(migrations.Migration):
