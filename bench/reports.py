@@ -250,7 +250,7 @@ def _insert_rows(cursor, run_id, step_id, account_id, owner_ids, first, last) ->
             (recipient_id, run_id, step_id, account_id, message_id, esp_message_id, status,
              attempts, smtp_code, smtp_status, smtp_response, created, claimed_at, sent_at,
              status_changed_at, delivered_at, opened_at, clicked_at, replied_at,
-             unsubscribed_at, complained_at, open_count, click_count)
+             unsubscribed_at, complained_at, open_count, click_count, owner_id)
         SELECT r.id, r.run_id, %(step)s, r.account_id, '<bench.' || r.id || '@bench.example>',
                '',
                CASE WHEN k < 90 THEN 'bounced' WHEN k < 110 THEN 'failed'
@@ -268,8 +268,10 @@ def _insert_rows(cursor, run_id, step_id, account_id, owner_ids, first, last) ->
                r.delivered_at, r.opened_at, r.clicked_at, r.replied_at, r.unsubscribed_at,
                r.complained_at,
                CASE WHEN r.opened_at IS NOT NULL THEN 1 ELSE 0 END,
-               CASE WHEN r.clicked_at IS NOT NULL THEN 1 ELSE 0 END
-        FROM (SELECT r.*, r.contact_id %% 1000 AS k FROM campaigns_recipient r
+               CASE WHEN r.clicked_at IS NOT NULL THEN 1 ELSE 0 END,
+               r.contact_owner
+        FROM (SELECT r.*, r.contact_id %% 1000 AS k, c.owner_id AS contact_owner
+              FROM campaigns_recipient r JOIN contacts_contact c ON c.id = r.contact_id
               WHERE r.run_id = %(run)s AND r.status <> 'filtered') r
         """,
         {"run": run_id, "step": step_id},

@@ -724,7 +724,9 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
         "status",
         "run__campaign",
         "account",
-        "recipient__contact__owner",
+        # The email's own copy of its contact's owner (Message.owner, kept by a trigger), so
+        # that with a status or rejection filter an index holds both.
+        "owner",
         RejectionCategoryFilter,
         "created",
     ]
@@ -806,10 +808,12 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
     search_by = {"recipient": "recipient", "message_id": "message_id"}
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
-        # A contact's emails: the link from the contact page's delivery history.
-        return lookup == "recipient__contact__id__exact" or super().lookup_allowed(
-            lookup, value, request
-        )
+        # A contact's emails: the link from the contact page's delivery history; and links
+        # made before the owner filter read the email's own owner (same emails, by a join).
+        return lookup in (
+            "recipient__contact__id__exact",
+            "recipient__contact__owner__id__exact",
+        ) or super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="contact", ordering="recipient__contact__last_name")
     def contact(self, obj: Message) -> str:

@@ -367,6 +367,22 @@ class Message(models.Model):
     # Sent emails list's rejection filter reads a small partial index instead of probing the
     # rejections of every email.
     rejection_flags = models.SmallIntegerField(default=0, db_default=0, editable=False)
+    # The record owner of its contact, copied here so that the Sent emails list's owner filter,
+    # alone or with a status or rejection filter, is a test of the email's own column served
+    # by an index (message_owner_status, msg_rej_owner_*), not a join through every recipient.
+    # Set by the writers that create emails (campaigns.services); kept by database triggers
+    # when the contact's owner changes (migration 0012). No constraint: the contact holds it.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        editable=False,
+        related_name="+",
+        help_text="The record owner of the email's contact (kept by a trigger).",
+    )
 
     class Meta:
         # The admin's "Sent emails" page, as support agents and the help pages call it.
@@ -410,6 +426,19 @@ class Message(models.Model):
                     fields=["-created", "-id"],
                     condition=Q(rejection_flag(bit)),
                     name=f"message_rej_{flag}",
+                )
+                for flag, bit in MESSAGE_REJECTION_FLAGS.items()
+            ),
+            # The list filtered by owner and status, or by owner and a rejection flag, in its
+            # order: a page and its capped count read only the entries they show or count.
+            models.Index(
+                fields=["owner", "status", "-created", "-id"], name="message_owner_status"
+            ),
+            *(
+                models.Index(
+                    fields=["owner", "-created", "-id"],
+                    condition=Q(rejection_flag(bit)),
+                    name=f"msg_rej_owner_{flag}",
                 )
                 for flag, bit in MESSAGE_REJECTION_FLAGS.items()
             ),

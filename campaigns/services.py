@@ -165,11 +165,11 @@ def _run_prepare_locked(*, run: CampaignRun) -> CampaignRun:
         INSERT INTO {message}
             (recipient_id, run_id, step_id, account_id, message_id, esp_message_id, status,
              attempts, next_attempt_at, smtp_status, smtp_response, created, open_count,
-             click_count)
+             click_count, owner_id)
         SELECT r.id, r.run_id, %s, r.account_id,
                '<lc.' || CAST(r.id AS TEXT) || '.{first_step.position}.{salt}@' || %s || '>',
-               '', 'queued', 0, %s, '', '', %s, 0, 0
-        FROM {recipient} r
+               '', 'queued', 0, %s, '', '', %s, 0, 0, c.owner_id
+        FROM {recipient} r JOIN {contact} c ON c.id = r.contact_id
         WHERE r.run_id = %s AND r.status = 'pending'
     """
     stamp = ops.adapt_datetimefield_value(now)
@@ -858,8 +858,9 @@ def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
     )
     candidates = list(
         due.values_list(
-            "pk", "run_id", "account_id", "steps_sent", "replied_at", "run__campaign_id"
-        )[:limit]
+            "pk", "run_id", "account_id", "steps_sent", "replied_at", "run__campaign_id",
+            "contact__owner_id",
+        )[:limit]  # fmt: skip
     )
     if not candidates:
         return 0
@@ -870,7 +871,7 @@ def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
     salt = secrets.token_hex(4)
     to_create: list[Message] = []
     finished: list[int] = []
-    for pk, run_id, account_id, steps_sent, replied_at, campaign_id in candidates:
+    for pk, run_id, account_id, steps_sent, replied_at, campaign_id, owner_id in candidates:
         step = steps.get((campaign_id, steps_sent + 1))
         if step is None or (replied_at and step.stop_on_reply):
             finished.append(pk)
@@ -883,6 +884,7 @@ def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
                 account_id=account_id,
                 message_id=_message_id(pk, step.position, salt),
                 next_attempt_at=now,
+                owner_id=owner_id,
             )
         )
     with transaction.atomic():
