@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
@@ -246,6 +246,15 @@ class Recipient(models.Model):
     # trigger on tracking_rejection (migration 0006), so "recipients rejected for spam" is a
     # plain column test and the report counters can follow it.
     rejections = models.SmallIntegerField(default=0, db_default=0, editable=False)
+    # The day (admin time zone) its first email was sent or refused; set once by the sender
+    # (campaigns.services) and never moved. A summary's date range selects recipients by it,
+    # and the report counters are kept per day of it (RunTally.day, migration 0013).
+    first_sent_on = models.DateField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The day its first email was sent or refused (admin time zone).",
+    )
 
     class Meta:
         ordering = ["run", "id"]
@@ -449,15 +458,20 @@ class Message(models.Model):
 
 
 class RunTally(models.Model):
-    """Maintained report counters: how many recipients of a run, per record owner, are in each
-    status, were filtered for each reason, reached each first-seen stage and got each rejection
-    category. Written only by database triggers on campaigns_recipient, contacts_contact and
-    tracking_rejection (migration 0006), in the same transaction as the rows they count, so
-    report pages read a few rows instead of counting a million recipients."""
+    """Maintained report counters: how many recipients of a run, per record owner and per day
+    they were first emailed, are in each status, were filtered for each reason, reached each
+    first-seen stage and got each rejection category. Written only by database triggers on
+    campaigns_recipient, contacts_contact and tracking_rejection (migrations 0007, 0013), in
+    the same transaction as the rows they count, so report pages read a few rows instead of
+    counting a million recipients; a date range sums the rows of its days."""
+
+    # The day of recipients not emailed yet (Recipient.first_sent_on is NULL): a real date,
+    # because a NULL would not match itself in the unique key the triggers upsert on.
+    NO_DAY = date(1, 1, 1)
 
     # No foreign key constraints: the triggers may write a counter while Django's deletion
     # collector is removing the run or the owner; a trigger on the run cleans up instead.
-    # Indexed by runtally_run_owner (run, owner_key).
+    # Indexed by runtally_run_owner_day (run, owner_key, day).
     run = models.ForeignKey(
         CampaignRun,
         on_delete=models.DO_NOTHING,
@@ -466,6 +480,10 @@ class RunTally(models.Model):
         db_index=False,
     )
     owner_key = models.IntegerField(help_text="The contacts' owner id; 0 when they have none.")
+    day = models.DateField(
+        default=NO_DAY,
+        help_text="The recipients' first_sent_on; 0001-01-01 for those not emailed yet.",
+    )
     recipients = models.IntegerField(default=0)
     filtered = models.IntegerField(default=0)
     filtered_unsubscribed = models.IntegerField(default=0)
@@ -503,11 +521,14 @@ class RunTally(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["run", "owner_key"], name="runtally_run_owner"),
+            models.UniqueConstraint(
+                fields=["run", "owner_key", "day"], name="runtally_run_owner_day"
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"run #{self.run_id}, owner {self.owner_key or '-'}"
+        day = "not emailed" if self.day == self.NO_DAY else self.day.isoformat()
+        return f"run #{self.run_id}, owner {self.owner_key or '-'}, {day}"
 
 
 class RunActivity(models.Model):
