@@ -192,16 +192,17 @@ def _time_baseline(fixture: Fixture) -> float:
             WHERE ccl.campaign_id = %s
         )
     """
-    # The same statement as run_prepare's for step 1: one queued message per pending recipient.
+    # The same statement as run_prepare's for step 1: one queued message per pending recipient,
+    # with its contact's owner (Message.owner).
     messages_sql = """
         INSERT INTO campaigns_message
             (recipient_id, run_id, step_id, account_id, message_id, esp_message_id, status,
              attempts, next_attempt_at, smtp_status, smtp_response, created, open_count,
-             click_count)
+             click_count, owner_id)
         SELECT r.id, r.run_id, %s, r.account_id,
                '<lc.' || CAST(r.id AS TEXT) || '.1.bench@' || %s || '>',
-               '', 'queued', 0, %s, '', '', %s, 0, 0
-        FROM campaigns_recipient r
+               '', 'queued', 0, %s, '', '', %s, 0, 0, c.owner_id
+        FROM campaigns_recipient r JOIN contacts_contact c ON c.id = r.contact_id
         WHERE r.run_id = %s AND r.status = 'pending'
     """
     from campaigns.models import CampaignStep

@@ -4,8 +4,10 @@ What is measured, on its own database (leadcenter_bench_reports on the server of
 by default postgres://postgres@127.0.0.1:5432/leadcenter_bench_reports, created and migrated
 when missing; `BENCH_REPORTS_DATABASE_URL` names another):
 
-- the run details page and the campaign summary page of a run of 1,000,000 recipients
-  (`--quick`: 100,000) against the same pages for a run of 10,000, both in the same database:
+- the run details page and the campaign summary page (undated, and restricted to a date range:
+  the contacts first emailed yesterday and today, counted from the counters of those days) of
+  a run of 1,000,000 recipients (`--quick`: 100,000) against the same pages for a run of
+  10,000, both in the same database:
   queries per page (target: at most 15) and time (target: the large page at most 1.5x the small
   one). Pages are fetched through Django's test client as a logged-in superuser (middleware,
   permission checks, template), best of several tries after a warm-up;
@@ -201,6 +203,8 @@ _REASONS = ("unsubscribed", "do_not_email", "do_not_mass_email", "no_email", "in
 
 
 def _insert_rows(cursor, run_id, step_id, account_id, owner_ids, first, last) -> None:
+    from django.conf import settings
+
     reasons = "ARRAY[" + ", ".join(f"'{r}'" for r in _REASONS) + "]"
     cursor.execute(
         f"""
@@ -221,7 +225,7 @@ def _insert_rows(cursor, run_id, step_id, account_id, owner_ids, first, last) ->
         INSERT INTO campaigns_recipient
             (run_id, contact_id, email, account_id, status, filter_reason, steps_sent,
              last_action_at, delivered_at, opened_at, clicked_at, replied_at, unsubscribed_at,
-             complained_at, bounced_at, lead_at, opportunity_at)
+             complained_at, bounced_at, lead_at, opportunity_at, first_sent_on)
         SELECT %(run)s, c.id, c.email, CASE WHEN k < 60 THEN NULL ELSE %(account)s END,
                CASE WHEN k < 60 THEN 'filtered' WHEN k < 110 THEN 'failed'
                     WHEN k < 125 THEN 'pending' WHEN k < 150 THEN 'partial' ELSE 'sent' END,
@@ -235,14 +239,22 @@ def _insert_rows(cursor, run_id, step_id, account_id, owner_ids, first, last) ->
                CASE WHEN k = 405 THEN t END,
                CASE WHEN k >= 60 AND k < 90 THEN t END,
                CASE WHEN k >= 150 AND k < 155 THEN t + interval '1 day' END,
-               CASE WHEN k >= 150 AND k < 152 THEN t + interval '2 days' END
+               CASE WHEN k >= 150 AND k < 152 THEN t + interval '2 days' END,
+               -- Emailed (accepted or refused): the day of its email, in the admin's zone.
+               CASE WHEN k >= 60 THEN CAST(t AT TIME ZONE %(zone)s AS date) END
         FROM (
             SELECT c.id, c.email, c.id %% 1000 AS k,
                    now() - interval '2 days' + (c.id %% 2880) * interval '1 minute' AS t
             FROM contacts_contact c WHERE c.id BETWEEN %(first)s AND %(last)s
         ) c
         """,
-        {"run": run_id, "account": account_id, "first": first, "last": last},
+        {
+            "run": run_id,
+            "account": account_id,
+            "first": first,
+            "last": last,
+            "zone": settings.TIME_ZONE,
+        },
     )
     cursor.execute(
         """
@@ -250,7 +262,7 @@ def _insert_rows(cursor, run_id, step_id, account_id, owner_ids, first, last) ->
             (recipient_id, run_id, step_id, account_id, message_id, esp_message_id, status,
              attempts, smtp_code, smtp_status, smtp_response, created, claimed_at, sent_at,
              status_changed_at, delivered_at, opened_at, clicked_at, replied_at,
-             unsubscribed_at, complained_at, open_count, click_count)
+             unsubscribed_at, complained_at, open_count, click_count, owner_id)
         SELECT r.id, r.run_id, %(step)s, r.account_id, '<bench.' || r.id || '@bench.example>',
                '',
                CASE WHEN k < 90 THEN 'bounced' WHEN k < 110 THEN 'failed'
@@ -268,8 +280,10 @@ def _insert_rows(cursor, run_id, step_id, account_id, owner_ids, first, last) ->
                r.delivered_at, r.opened_at, r.clicked_at, r.replied_at, r.unsubscribed_at,
                r.complained_at,
                CASE WHEN r.opened_at IS NOT NULL THEN 1 ELSE 0 END,
-               CASE WHEN r.clicked_at IS NOT NULL THEN 1 ELSE 0 END
-        FROM (SELECT r.*, r.contact_id %% 1000 AS k FROM campaigns_recipient r
+               CASE WHEN r.clicked_at IS NOT NULL THEN 1 ELSE 0 END,
+               r.contact_owner
+        FROM (SELECT r.*, r.contact_id %% 1000 AS k, c.owner_id AS contact_owner
+              FROM campaigns_recipient r JOIN contacts_contact c ON c.id = r.contact_id
               WHERE r.run_id = %(run)s AND r.status <> 'filtered') r
         """,
         {"run": run_id, "step": step_id},
@@ -384,20 +398,24 @@ def _pages(fixture: Fixture, large: int) -> list[Figure]:
             (f"{page}: time {large:,} / {SMALL:,} recipients", ratio, PAGE_RATIO_TARGET,
              ratio <= PAGE_RATIO_TARGET)
         )  # fmt: skip
-    # For information: a summary restricted to a sent-date range counts live.
+    # A summary restricted to a date range (the contacts first emailed on those days): from
+    # the counters of those days (campaigns migration 0013), under the same targets.
     from django.utils import timezone
 
     today = timezone.localdate()
-    dated = f"?sent_after={today - timezone.timedelta(days=3)}&sent_before={today}"
+    dated = f"?sent_after={today - timezone.timedelta(days=1)}&sent_before={today}"
     small_url = reverse("admin:campaigns_campaign_summary", args=[fixture.small_campaign])
     large_url = reverse("admin:campaigns_campaign_summary", args=[fixture.large_campaign])
     small_time, large_time = _time_pages(client, small_url + dated, large_url + dated)
     small_queries, large_queries = (_queries(client, u + dated) for u in (small_url, large_url))
-    rows.append(["summary, sent-date range (live)", f"{SMALL:,}", small_queries, small_time * 1000])
-    rows.append(["summary, sent-date range (live)", f"{large:,}", large_queries, large_time * 1000])
+    page = "summary, first emailed in a date range"
+    rows.append([page, f"{SMALL:,}", small_queries, small_time * 1000])
+    rows.append([page, f"{large:,}", large_queries, large_time * 1000])
+    queries, ratio = max(small_queries, large_queries), large_time / small_time
+    figures.append((f"{page}: queries per page", queries, MAX_QUERIES, queries <= MAX_QUERIES))
     figures.append(
-        (f"summary with a date range (live): {large:,} / {SMALL:,}", large_time / small_time,
-         None, True)
+        (f"{page}: time {large:,} / {SMALL:,} recipients", ratio, PAGE_RATIO_TARGET,
+         ratio <= PAGE_RATIO_TARGET)
     )  # fmt: skip
     from bench.common import table
 

@@ -8,9 +8,14 @@ contacts with ten owners, every status, rejections of every category, opens and 
 page of the list (first, middle and last page, every filter of the sidebar, the rejection kind
 and category, a date range, a combination, and searches by whole address and by name) is
 fetched through Django's test client as a logged-in superuser, alternately in both databases,
-and its best time kept; the figure is the worst ratio large / small over the pages and the
-single filters and searches (a combination of two broad filters is shown for information: it
-reads every email of one filter to find those of the other, which grows with the table).
+and its best time kept; the figure is the worst ratio large / small over the pages, the single
+filters and searches, and two broad filters together (one owner with status sent, pages 1 and
+2: Message.owner and its index message_owner_status, campaigns migration 0012, hold both).
+Two narrower combinations (one owner with status bounced, one owner with soft rejections) are
+shown for information, not in the figure: at 10,000 emails they hold 30 and 40 emails in all,
+so their pages show 30 and 40 rows against 100 at 1,000,000, and the ratio compares pages of
+different sizes (rendering the rows is most of a page's time; their queries take under a
+millisecond at both sizes, reading message_owner_status and msg_rej_owner_soft).
 
     python -m bench.sent_emails [--quick] [--fresh]
 """
@@ -29,9 +34,13 @@ CAMPAIGNS = 4
 EMAILED = 0.94
 TARGET = 1.5
 TRIES = 9
-# Two broad filters at once: no index holds both, so the database checks every email of one to
-# find those of the other, and that grows with the table. Shown, not part of the figure.
-COMBINED = "two filters: bounced and one owner, page 2 (for information)"
+# Two filters at once: one owner (the email's own copy of its contact's owner) with a status,
+# or with a rejection kind; message_owner_status and msg_rej_owner_* hold both.
+COMBINED = "two filters: sent and one owner"
+# Fewer rows at 10,000 than at 1,000,000 (see above): shown, not in the figure.
+BOUNCED = "two filters: bounced and one owner, page 2 (for information)"
+SOFT = "two filters: soft rejections and one owner (for information)"
+INFORMATION = {BOUNCED, SOFT}
 
 Figure = tuple[str, float, "float | None", bool]
 
@@ -138,12 +147,15 @@ def _pages(data: Data) -> dict[str, str]:
         "campaign": f"run__campaign__id__exact={data.campaigns[1]}",
         "run": f"run__id__exact={data.runs[2]}",
         "account": f"account__id__exact={data.account}",
-        "owner": f"recipient__contact__owner__id__exact={data.owner}",
+        "owner": f"owner__id__exact={data.owner}",
         "hard rejections": "rejection=hard",
         "rejected: domain not found": "rejection=domain_not_found",
         "rejected: no answer": "rejection=no_answer",
         "sent yesterday": f"created__gte={today - timezone.timedelta(days=1)}&created__lt={today}",
-        COMBINED: f"status__exact=bounced&recipient__contact__owner__id__exact={data.owner}&p=2",
+        COMBINED: f"status__exact=sent&owner__id__exact={data.owner}",
+        f"{COMBINED}, page 2": f"status__exact=sent&owner__id__exact={data.owner}&p=2",
+        BOUNCED: f"status__exact=bounced&owner__id__exact={data.owner}&p=2",
+        SOFT: f"rejection=soft&owner__id__exact={data.owner}",
         "search a whole address": f"q={data.address}",
         "search a last name": f"q={data.last_name}",
         "search first and last name": f"q={data.first_name}+{data.last_name}",
@@ -198,7 +210,7 @@ def _measure(small: Data, large: Data) -> list[Figure]:
     for label, (small_s, large_s) in best.items():
         ratio = large_s / small_s
         rows.append([label, *results[label], small_s * 1000, large_s * 1000, ratio])
-        if ratio > worst[1] and label != COMBINED:
+        if ratio > worst[1] and label not in INFORMATION:
             worst = (label, ratio)
     _say(table(["page", "rows small", "rows large", "10,000 ms", f"{large.emails:,} ms",
                 "ratio"], rows))  # fmt: skip

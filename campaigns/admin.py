@@ -507,10 +507,11 @@ class RecipientEmailNowFilter(admin.SimpleListFilter):
 
 
 class RecipientSentDateFilter(admin.SimpleListFilter):
-    """Recipients with an email that went out between two days: `?sent_date=FROM..TO` (either
-    side may be empty), as the campaign summary's date range links here."""
+    """Recipients first emailed between two days (Recipient.first_sent_on, admin time zone):
+    `?sent_date=FROM..TO` (either side may be empty), as the campaign summary's date range
+    links here; the summary counts the same recipients (reports.first_emailed_q)."""
 
-    title = "sent date"
+    title = "first emailed"
     parameter_name = "sent_date"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
@@ -525,7 +526,7 @@ class RecipientSentDateFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> QuerySet:
         days = reports.parse_day_range(self.value() or "")
-        return queryset.filter(reports.sent_between_q(*days)) if days else queryset
+        return queryset.filter(reports.first_emailed_q(*days)) if days else queryset
 
 
 @admin.register(Recipient)
@@ -579,12 +580,22 @@ class RecipientAdmin(ContactSearchMixin, InspectOnlyAdmin):
         "bounced_at",
         "lead_at",
         "opportunity_at",
+        "first_sent_on",
     ]
     fieldsets = [
         (None, {"fields": ["run", "contact", "email", "account"]}),
         (
             "Progress",
-            {"fields": ["status", "filter_reason", "last_action_at", "steps_sent", "next_step_at"]},
+            {
+                "fields": [
+                    "status",
+                    "filter_reason",
+                    "first_sent_on",
+                    "last_action_at",
+                    "steps_sent",
+                    "next_step_at",
+                ]
+            },
         ),
         (
             "First seen",
@@ -724,7 +735,9 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
         "status",
         "run__campaign",
         "account",
-        "recipient__contact__owner",
+        # The email's own copy of its contact's owner (Message.owner, kept by a trigger), so
+        # that with a status or rejection filter an index holds both.
+        "owner",
         RejectionCategoryFilter,
         "created",
     ]
@@ -806,10 +819,12 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
     search_by = {"recipient": "recipient", "message_id": "message_id"}
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
-        # A contact's emails: the link from the contact page's delivery history.
-        return lookup == "recipient__contact__id__exact" or super().lookup_allowed(
-            lookup, value, request
-        )
+        # A contact's emails: the link from the contact page's delivery history; and links
+        # made before the owner filter read the email's own owner (same emails, by a join).
+        return lookup in (
+            "recipient__contact__id__exact",
+            "recipient__contact__owner__id__exact",
+        ) or super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="contact", ordering="recipient__contact__last_name")
     def contact(self, obj: Message) -> str:

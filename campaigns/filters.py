@@ -34,9 +34,10 @@ class OwnerFilter(django_filters.ModelChoiceFilter):
 
 class CampaignSummaryFilter(django_filters.FilterSet):
     """The campaign summary's filters: one run, one record owner (or contacts without one),
-    and the sent date. The page turns the cleaned values into a reports.SummaryScope (`scope()`)
-    and reads its figures from the counters (live, with a date range); `qs` selects the same
-    recipients as reports.summary_recipients, which the tests check."""
+    and the days on which the contacts were first emailed. The page turns the cleaned values
+    into a reports.SummaryScope (`scope()`) and reads its figures from the counters (those of
+    the days in range, with a date range); `qs` selects the same recipients as
+    reports.summary_recipients, which the tests check."""
 
     run = RunFilter(queryset=CampaignRun.objects.none(), empty_label="All runs")
     owner = OwnerFilter(
@@ -46,8 +47,10 @@ class CampaignSummaryFilter(django_filters.FilterSet):
         empty_label="All owners",
         null_label="No owner",
     )
+    # The parameters stay sent_after/sent_before (links and bookmarks keep working).
     sent = django_filters.DateFromToRangeFilter(
-        label="Sent between",
+        label="First emailed between",
+        help_text=reports.DATE_RANGE_HELP,
         method="filter_sent",
         widget=django_filters.widgets.DateRangeWidget(attrs={"type": "date"}),
     )
@@ -68,7 +71,7 @@ class CampaignSummaryFilter(django_filters.FilterSet):
         start = value.start.date() if value.start else None
         # DateFromToRangeFilter makes the end the last moment of its day; the day counts.
         stop = value.stop.date() if value.stop else None
-        return queryset.filter(reports.sent_between_q(start, stop))
+        return queryset.filter(reports.first_emailed_q(start, stop))
 
     def scope(self) -> reports.SummaryScope:
         """The cleaned filters as a SummaryScope (call after is_valid())."""

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
@@ -246,6 +246,15 @@ class Recipient(models.Model):
     # trigger on tracking_rejection (migration 0006), so "recipients rejected for spam" is a
     # plain column test and the report counters can follow it.
     rejections = models.SmallIntegerField(default=0, db_default=0, editable=False)
+    # The day (admin time zone) its first email was sent or refused; set once by the sender
+    # (campaigns.services) and never moved. A summary's date range selects recipients by it,
+    # and the report counters are kept per day of it (RunTally.day, migration 0013).
+    first_sent_on = models.DateField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The day its first email was sent or refused (admin time zone).",
+    )
 
     class Meta:
         ordering = ["run", "id"]
@@ -367,6 +376,22 @@ class Message(models.Model):
     # Sent emails list's rejection filter reads a small partial index instead of probing the
     # rejections of every email.
     rejection_flags = models.SmallIntegerField(default=0, db_default=0, editable=False)
+    # The record owner of its contact, copied here so that the Sent emails list's owner filter,
+    # alone or with a status or rejection filter, is a test of the email's own column served
+    # by an index (message_owner_status, msg_rej_owner_*), not a join through every recipient.
+    # Set by the writers that create emails (campaigns.services); kept by database triggers
+    # when the contact's owner changes (migration 0012). No constraint: the contact holds it.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        editable=False,
+        related_name="+",
+        help_text="The record owner of the email's contact (kept by a trigger).",
+    )
 
     class Meta:
         # The admin's "Sent emails" page, as support agents and the help pages call it.
@@ -413,6 +438,19 @@ class Message(models.Model):
                 )
                 for flag, bit in MESSAGE_REJECTION_FLAGS.items()
             ),
+            # The list filtered by owner and status, or by owner and a rejection flag, in its
+            # order: a page and its capped count read only the entries they show or count.
+            models.Index(
+                fields=["owner", "status", "-created", "-id"], name="message_owner_status"
+            ),
+            *(
+                models.Index(
+                    fields=["owner", "-created", "-id"],
+                    condition=Q(rejection_flag(bit)),
+                    name=f"msg_rej_owner_{flag}",
+                )
+                for flag, bit in MESSAGE_REJECTION_FLAGS.items()
+            ),
         ]
 
     def __str__(self) -> str:
@@ -420,15 +458,20 @@ class Message(models.Model):
 
 
 class RunTally(models.Model):
-    """Maintained report counters: how many recipients of a run, per record owner, are in each
-    status, were filtered for each reason, reached each first-seen stage and got each rejection
-    category. Written only by database triggers on campaigns_recipient, contacts_contact and
-    tracking_rejection (migration 0006), in the same transaction as the rows they count, so
-    report pages read a few rows instead of counting a million recipients."""
+    """Maintained report counters: how many recipients of a run, per record owner and per day
+    they were first emailed, are in each status, were filtered for each reason, reached each
+    first-seen stage and got each rejection category. Written only by database triggers on
+    campaigns_recipient, contacts_contact and tracking_rejection (migrations 0007, 0013), in
+    the same transaction as the rows they count, so report pages read a few rows instead of
+    counting a million recipients; a date range sums the rows of its days."""
+
+    # The day of recipients not emailed yet (Recipient.first_sent_on is NULL): a real date,
+    # because a NULL would not match itself in the unique key the triggers upsert on.
+    NO_DAY = date(1, 1, 1)
 
     # No foreign key constraints: the triggers may write a counter while Django's deletion
     # collector is removing the run or the owner; a trigger on the run cleans up instead.
-    # Indexed by runtally_run_owner (run, owner_key).
+    # Indexed by runtally_run_owner_day (run, owner_key, day).
     run = models.ForeignKey(
         CampaignRun,
         on_delete=models.DO_NOTHING,
@@ -437,6 +480,10 @@ class RunTally(models.Model):
         db_index=False,
     )
     owner_key = models.IntegerField(help_text="The contacts' owner id; 0 when they have none.")
+    day = models.DateField(
+        default=NO_DAY,
+        help_text="The recipients' first_sent_on; 0001-01-01 for those not emailed yet.",
+    )
     recipients = models.IntegerField(default=0)
     filtered = models.IntegerField(default=0)
     filtered_unsubscribed = models.IntegerField(default=0)
@@ -474,11 +521,14 @@ class RunTally(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["run", "owner_key"], name="runtally_run_owner"),
+            models.UniqueConstraint(
+                fields=["run", "owner_key", "day"], name="runtally_run_owner_day"
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"run #{self.run_id}, owner {self.owner_key or '-'}"
+        day = "not emailed" if self.day == self.NO_DAY else self.day.isoformat()
+        return f"run #{self.run_id}, owner {self.owner_key or '-'}, {day}"
 
 
 class RunActivity(models.Model):

@@ -4,8 +4,11 @@ Every figure is a number of recipients (contacts in runs) that meet one conditio
 here as a `Figure`: the Q object that selects them, and the admin changelist query parameters
 that list exactly them (the Recipient list filters in campaigns.admin apply the same Q). The
 pages read the figures from maintained counters (`RunTally`, kept by database triggers, see
-migration 0007) so they cost the same for ten thousand recipients as for a million; a summary
-restricted to a sent-date range counts live with the same Q objects, in one grouped query.
+migration 0007) so they cost the same for ten thousand recipients as for a million. The
+counters are kept per day the recipients were first emailed (migration 0013), so a summary
+restricted to a date range sums the counters of its days: it covers the recipients first
+emailed on those days (a cohort), with their results to date, and links to exactly them
+(`first_emailed_q`, the Recipients list's `sent_date` filter).
 """
 
 from __future__ import annotations
@@ -171,35 +174,34 @@ EMAIL_NOW_FILTER = {
 }
 
 
-# --- sent date ---------------------------------------------------------------------------------
+# --- first emailed (the date range of the summary) --------------------------------------------
+
+DATE_RANGE_HELP = (
+    "The contacts first emailed on these days (their first email of the run sent or refused, "
+    "in the admin's time zone), with everything that has happened to them since, whenever it "
+    "happened: opens, clicks, rejections, leads."
+)
 
 
-def day_bounds(start: date | None, end: date | None) -> tuple[datetime | None, datetime | None]:
-    """[start of `start`, start of the day after `end`) in the admin's time zone."""
-    zone = timezone.get_current_timezone()
-    lower = datetime.combine(start, time.min, tzinfo=zone) if start else None
-    upper = datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone) if end else None
-    return lower, upper
+def first_emailed_q(start: date | None, end: date | None) -> Q:
+    """Recipients first emailed between the two days (inclusive; Recipient.first_sent_on, in
+    the admin's time zone). The counters' rows of those days count exactly them."""
+    q = Q(first_sent_on__isnull=False)
+    if start:
+        q &= Q(first_sent_on__gte=start)
+    if end:
+        q &= Q(first_sent_on__lte=end)
+    return q
 
 
-def sent_between_q(start: date | None, end: date | None, *, runs: list[int] | None = None) -> Q:
-    """Recipients with an email that went out between the two days (inclusive, admin time
-    zone): accepted then (sent_at), or, for one refused, last tried then (claimed_at). `runs`:
-    the runs the recipients are known to be in, so only their emails are read."""
-    lower, upper = day_bounds(start, end)
-    accepted, tried = Q(sent_at__isnull=False), Q(sent_at__isnull=True, claimed_at__isnull=False)
-    if lower:
-        accepted &= Q(sent_at__gte=lower)
-        tried &= Q(claimed_at__gte=lower)
-    if upper:
-        accepted &= Q(sent_at__lt=upper)
-        tried &= Q(claimed_at__lt=upper)
-    # The email's run is the recipient's: saying so lets the database read only that run's
-    # emails (message_run_status) instead of every email sent in the range.
-    emails = Message.objects.filter(recipient=OuterRef("pk"), run=OuterRef("run"))
-    if runs is not None:
-        emails = emails.filter(run_id__in=runs)
-    return Q(Exists(emails.filter(accepted | tried)))
+def tally_days_q(start: date | None, end: date | None) -> Q:
+    """The counter rows (RunTally) of the recipients of first_emailed_q(start, end)."""
+    q = Q(day__gt=RunTally.NO_DAY)
+    if start:
+        q &= Q(day__gte=start)
+    if end:
+        q &= Q(day__lte=end)
+    return q
 
 
 def parse_day_range(value: str) -> tuple[date | None, date | None] | None:
@@ -441,7 +443,8 @@ class SummarySection:
 @dataclass(frozen=True)
 class SummaryScope:
     """What a summary covers: a campaign, or one of its runs; optionally one owner's contacts
-    (owner_key, NO_OWNER for none) and a sent-date range."""
+    (owner_key, NO_OWNER for none) and a range of days on which they were first emailed
+    (sent_from, sent_to: first_emailed_q)."""
 
     campaign: Campaign
     run: CampaignRun | None = None
@@ -504,23 +507,22 @@ def summary_recipients(scope: SummaryScope) -> QuerySet[Recipient]:
     elif scope.owner_key is not None:
         recipients = recipients.filter(contact__owner_id=scope.owner_key)
     if scope.dated:
-        recipients = recipients.filter(sent_between_q(scope.sent_from, scope.sent_to, runs=runs))
+        recipients = recipients.filter(first_emailed_q(scope.sent_from, scope.sent_to))
     return recipients
 
 
 def campaign_summary(scope: SummaryScope) -> list[SummarySection]:
     """The overall section, then one per record owner (by name; contacts without an owner
-    last). From the counters in one grouped query; with a sent-date range, counted live from
-    the rows in one grouped query (the counters are not kept per day)."""
+    last). From the counters in one grouped query; with a date range, from the counters of
+    the days in it (the recipients first emailed on those days)."""
+    tallies = RunTally.objects.filter(run__campaign=scope.campaign)
+    if scope.run:
+        tallies = tallies.filter(run=scope.run)
+    if scope.owner_key is not None:
+        tallies = tallies.filter(owner_key=scope.owner_key)
     if scope.dated:
-        by_owner = live_by_owner(summary_recipients(scope))
-    else:
-        tallies = RunTally.objects.filter(run__campaign=scope.campaign)
-        if scope.run:
-            tallies = tallies.filter(run=scope.run)
-        if scope.owner_key is not None:
-            tallies = tallies.filter(owner_key=scope.owner_key)
-        by_owner = tallies_by_owner(tallies)
+        tallies = tallies.filter(tally_days_q(scope.sent_from, scope.sent_to))
+    by_owner = tallies_by_owner(tallies)
     by_owner = {key: counts for key, counts in by_owner.items() if counts["recipients"]}
     users = {
         user.pk: user for user in get_user_model().objects.filter(pk__in=[k for k in by_owner if k])

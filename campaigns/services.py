@@ -11,11 +11,12 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db.models import Count, DateField, Exists, F, OuterRef, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from campaigns import selectors
@@ -165,11 +166,11 @@ def _run_prepare_locked(*, run: CampaignRun) -> CampaignRun:
         INSERT INTO {message}
             (recipient_id, run_id, step_id, account_id, message_id, esp_message_id, status,
              attempts, next_attempt_at, smtp_status, smtp_response, created, open_count,
-             click_count)
+             click_count, owner_id)
         SELECT r.id, r.run_id, %s, r.account_id,
                '<lc.' || CAST(r.id AS TEXT) || '.{first_step.position}.{salt}@' || %s || '>',
-               '', 'queued', 0, %s, '', '', %s, 0, 0
-        FROM {recipient} r
+               '', 'queued', 0, %s, '', '', %s, 0, 0, c.owner_id
+        FROM {recipient} r JOIN {contact} c ON c.id = r.contact_id
         WHERE r.run_id = %s AND r.status = 'pending'
     """
     stamp = ops.adapt_datetimefield_value(now)
@@ -438,7 +439,7 @@ _CLAIMED_MESSAGE = frozenset(
     "id message_id recipient_id run_id step_id account_id status attempts created claimed_at "
     "status_changed_at".split()
 )
-_CLAIMED_RECIPIENT = frozenset("id run_id contact_id email status".split())
+_CLAIMED_RECIPIENT = frozenset("id run_id contact_id email status first_sent_on".split())
 
 
 def _columns(model, wanted: frozenset[str] | None) -> tuple[str, ...]:
@@ -753,7 +754,7 @@ def _record_failure(message: Message, detail: str) -> None:
             detail=detail,
             fields={"smtp_response": detail[:1000]},
         )
-        _recipient_after(message, S.FAILED)
+        _recipient_after(message, S.FAILED, emailed=False)  # it never left us
 
 
 def message_record_reply(*, message: Message, account: SendingAccount, reply: Reply) -> str:
@@ -820,8 +821,7 @@ def message_record_reply(*, message: Message, account: SendingAccount, reply: Re
             occurred_at=now,
             fields=smtp_fields,
         )
-        if status != S.SOFT_BOUNCED:
-            _recipient_after(message, status, now=now)
+        _recipient_after(message, status, now=now)
     return outcome
 
 
@@ -835,18 +835,36 @@ def _relaxed_commit() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
-def _recipient_after(message: Message, status: str, *, now: datetime | None = None) -> None:
+def _recipient_after(
+    message: Message, status: str, *, now: datetime | None = None, emailed: bool = True
+) -> None:
     """The lead-level view after a step's outcome: partial with the next step scheduled, sent
-    when no step is left, failed when the step failed or bounced."""
+    when no step is left, failed when the step failed or bounced; a soft bounce (retried)
+    leaves it as it is. `emailed`: the email reached a mail server (accepted or refused), so
+    the recipient has been emailed (first_sent_on, set once)."""
     now = now or timezone.now()
     recipient = Recipient.objects.filter(pk=message.recipient_id)
+    first = (
+        {"first_sent_on": Coalesce(F("first_sent_on"), Value(_emailed_on(now), DateField()))}
+        if emailed
+        else {}
+    )
+    if status == S.SOFT_BOUNCED:
+        if emailed:
+            recipient.filter(first_sent_on__isnull=True).update(first_sent_on=_emailed_on(now))
+        return
     if status in (S.FAILED, S.BOUNCED):
         fields = {"status": R.FAILED, "next_step_at": None}
         if status == S.BOUNCED:
             fields["bounced_at"] = now
-        recipient.update(last_action_at=now, **fields)
+        recipient.update(last_action_at=now, **fields, **first)
         return
-    recipient.update(**_recipient_sent_fields(message, now))
+    recipient.update(**{**_recipient_sent_fields(message, now), **first})
+
+
+def _emailed_on(now: datetime) -> date:
+    """The day of Recipient.first_sent_on: in the admin's time zone (settings.TIME_ZONE)."""
+    return timezone.localtime(now, timezone.get_default_timezone()).date()
 
 
 def _recipient_sent_fields(message: Message, now: datetime) -> dict[str, object]:
@@ -855,12 +873,17 @@ def _recipient_sent_fields(message: Message, now: datetime) -> dict[str, object]
     delay = getattr(message, "next_step_delay", _UNKNOWN)
     if delay is _UNKNOWN:
         delay = _next_step_delays([message.step]).get(message.step_id)
-    return {
+    fields: dict[str, object] = {
         "status": R.PARTIAL if delay is not None else R.SENT,
         "steps_sent": message.step.position,
         "next_step_at": now + delay if delay is not None else None,
         "last_action_at": now,
     }
+    # Its first email: the day it was first emailed (set once; the batch writer takes plain
+    # values, so only when the claim read the recipient without one).
+    if Message.recipient.is_cached(message) and message.recipient.first_sent_on is None:
+        fields["first_sent_on"] = _emailed_on(now)
+    return fields
 
 
 _UNKNOWN = object()
@@ -898,6 +921,7 @@ def recipients_restore(*, message_ids: Iterable[int]) -> int:
         if message.run_status not in (*SENDING_RUNS, RunStatus.PAUSED):
             fields.update(status=R.SENT, next_step_at=None)  # nothing more goes out in it
         fields.pop("last_action_at")  # the engagement's own time is the last action
+        fields.pop("first_sent_on", None)  # set when it was first emailed, never moved
         restored += Recipient.objects.filter(pk=message.recipient_id, status=R.FAILED).update(
             **fields
         )
@@ -944,11 +968,9 @@ def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
     Recipient.objects.filter(pk__in=list(stopped.values_list("pk", flat=True)[:limit])).update(
         status=R.SENT, next_step_at=None
     )
-    candidates = list(
-        due.values_list(
-            "pk", "run_id", "account_id", "steps_sent", "replied_at", "run__campaign_id"
-        )[:limit]
-    )
+    columns = ("pk", "run_id", "account_id", "steps_sent", "replied_at", "run__campaign_id",
+               "contact__owner_id")  # fmt: skip
+    candidates = list(due.values_list(*columns)[:limit])
     if not candidates:
         return 0
     steps = {
@@ -958,7 +980,7 @@ def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
     salt = secrets.token_hex(4)
     to_create: list[Message] = []
     finished: list[int] = []
-    for pk, run_id, account_id, steps_sent, replied_at, campaign_id in candidates:
+    for pk, run_id, account_id, steps_sent, replied_at, campaign_id, owner_id in candidates:
         step = steps.get((campaign_id, steps_sent + 1))
         if step is None or (replied_at and step.stop_on_reply):
             finished.append(pk)
@@ -971,6 +993,7 @@ def follow_ups_queue(*, now: datetime, limit: int = 5000) -> int:
                 account_id=account_id,
                 message_id=_message_id(pk, step.position, salt),
                 next_attempt_at=now,
+                owner_id=owner_id,
             )
         )
     with transaction.atomic():

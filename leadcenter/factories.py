@@ -124,4 +124,6 @@ class MessageFactory(factory.django.DjangoModelFactory):
         else m.recipient.run.campaign.steps.get(position=1)
     )
     account = factory.LazyAttribute(lambda m: m.recipient.account)
+    # As the writers of campaigns.services set it: the contact's owner.
+    owner_id = factory.LazyAttribute(lambda m: m.recipient.contact.owner_id)
     message_id = factory.LazyFunction(lambda: f"<{uuid.uuid4().hex}@leadcenter.test>")

@@ -12,7 +12,7 @@ from html import unescape
 from itertools import count
 
 import pytest
-from django.db.models import F
+from django.db.models import Count, F, Sum
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -30,7 +30,7 @@ from campaigns.models import (
     SendingAccount,
 )
 from campaigns.selectors import in_doubt_cutoff, run_progress
-from campaigns.services import campaign_launch, dispatch_due, run_prepare
+from campaigns.services import campaign_launch, dispatch_due, follow_ups_queue, run_prepare
 from contacts.models import Contact, Suppression
 from leadcenter.factories import (
     MessageFactory,
@@ -206,7 +206,8 @@ def tally_of(run: CampaignRun) -> dict[str, int]:
 
 
 def assert_tallies_match_rows() -> None:
-    """Every run's counters, per owner, equal a live count of its recipients."""
+    """Every run's counters, per owner and per day first emailed, equal a live count of its
+    recipients."""
     for run in CampaignRun.objects.all():
         live = reports.live_by_owner(Recipient.objects.filter(run=run))
         kept = {
@@ -215,6 +216,24 @@ def assert_tallies_match_rows() -> None:
             if any(counts.values())
         }
         assert kept == live, f"run #{run.pk}"
+        live_days = {
+            (row["contact__owner"] or 0, row["first_sent_on"] or RunTally.NO_DAY): {
+                key: row[key] for key in reports.TALLY_KEYS
+            }
+            for row in Recipient.objects.filter(run=run)
+            .values("contact__owner", "first_sent_on")
+            .annotate(**{k: Count("pk", filter=f.q) for k, f in reports.FIGURES.items()})
+            .order_by()
+        }
+        kept_days = {
+            (row["owner_key"], row["day"]): {key: row[key] for key in reports.TALLY_KEYS}
+            for row in RunTally.objects.filter(run=run)
+            .values("owner_key", "day")
+            .annotate(**{k: Sum(k) for k in reports.TALLY_KEYS})
+            .order_by()
+            if any(row[key] for key in reports.TALLY_KEYS)
+        }
+        assert kept_days == live_days, f"run #{run.pk} per day"
 
 
 # --- helpers for pages and links ---------------------------------------------------------------
@@ -461,31 +480,112 @@ def test_the_summary_of_contacts_without_an_owner(superuser_client, scenario):
     assert sections[1].counts["attempted"] == truth["attempted"] > 0
 
 
-def test_a_sent_date_range_counts_the_contacts_emailed_in_it(superuser_client, scenario):
-    # Half of the emails went out ten days ago.
-    early = timezone.now() - timedelta(days=10)
-    moved = list(
-        Message.objects.filter(run=scenario.run, recipient__email__startswith="ok")
-        .order_by("pk")
-        .values_list("pk", flat=True)[:4]
-    )
-    Message.objects.filter(pk__in=moved).update(sent_at=early, claimed_at=early)
+def _sent_ten_days_ago_and_today(make_campaign, add_contacts, monkeypatch):
+    """The mixed run, sent ten days ago (the sender's clock set back), then a second run of
+    the same campaign sent today to the same contacts and two new ones; and engagement today
+    by a contact first emailed ten days ago."""
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() - timedelta(days=10))
+    scenario = send_mixed_run(make_campaign, add_contacts)
+    monkeypatch.setattr(timezone, "now", real_now)
+    record(message_to("ok4@example.test"), E.CLICKED, source="click",
+           url="https://example.test/")  # fmt: skip
+    add_contacts("new1@example.test", "new2@example.test", owner=scenario.bob)
+    CampaignRun.objects.filter(pk=scenario.run.pk).update(status=CampaignRun.Status.COMPLETED)
+    second = campaign_launch(campaign=scenario.campaign, enqueue=False)
+    run_prepare(run=second)
+    dispatch_due()
+    return scenario, second
+
+
+def emailed(run: CampaignRun):
+    """The run's recipients that were emailed (an email accepted or refused), from the rows
+    of their emails, independently of Recipient.first_sent_on."""
+    tried = Message.objects.filter(run=run).exclude(status__in=[S.QUEUED, S.CANCELLED])
+    ids = set(tried.values_list("recipient_id", flat=True))
+    recipients = Recipient.objects.filter(pk__in=ids)
+    return [r for r in recipients if r.steps_sent > 0 or r.rejections]
+
+
+def test_a_date_range_counts_the_contacts_first_emailed_on_those_days(
+    superuser_client, smtp_server, make_campaign, add_contacts, monkeypatch
+):
+    scenario, second = _sent_ten_days_ago_and_today(make_campaign, add_contacts, monkeypatch)
     today = timezone.localdate()
-    query = f"sent_after={today - timedelta(days=1)}&sent_before={today}"
+    first_cohort, second_cohort = emailed(scenario.run), emailed(second)
+    assert first_cohort and second_cohort
+    ranges = {
+        (today - timedelta(days=12), today - timedelta(days=8)): first_cohort,
+        (today - timedelta(days=1), today): second_cohort,
+        (None, today - timedelta(days=5)): first_cohort,
+        (today - timedelta(days=5), None): second_cohort,
+        (today - timedelta(days=7), today - timedelta(days=2)): [],
+        (today - timedelta(days=30), today): first_cohort + second_cohort,
+    }
+    for (start, end), cohort in ranges.items():
+        query = f"sent_after={start or ''}&sent_before={end or ''}"
 
-    response = superuser_client.get(summary_url(scenario.campaign, query))
+        response = superuser_client.get(summary_url(scenario.campaign, query))
 
-    overall = response.context["sections"][0]["section"]
-    emailed_today = Recipient.objects.filter(run=scenario.run).exclude(messages__pk__in=moved)
-    emailed_today = emailed_today.filter(
-        messages__claimed_at__gte=timezone.now() - timedelta(days=1)
-    )
-    truth = truth_for(emailed_today.distinct())
-    assert overall.counts == {key: truth[key] for key in reports.TALLY_KEYS}
-    assert overall.counts["attempted"] == truth["attempted"] > 0
-    for url, label, expected in figure_links(response.content.decode()):
-        assert "sent_date=" in url
-        assert listed(superuser_client, url) == expected, label
+        overall = response.context["sections"][0]["section"]
+        truth = truth_for(cohort)
+        assert overall.counts == {key: truth[key] for key in reports.TALLY_KEYS}, query
+        links = figure_links(response.content.decode())
+        assert links or not cohort
+        for url, label, expected in links:
+            assert "sent_date=" in url
+            assert listed(superuser_client, url) == expected, (query, label)
+    # Ten days ago's cohort counts today's click; the undated summary is both cohorts.
+    dated = reports.campaign_summary(reports.SummaryScope(
+        campaign=scenario.campaign, sent_from=today - timedelta(days=12),
+        sent_to=today - timedelta(days=8)))[0]  # fmt: skip
+    assert dated.counts["clicked"] == truth_for(first_cohort)["clicked"] >= 2
+    everything = reports.campaign_summary(reports.SummaryScope(campaign=scenario.campaign))[0]
+    assert everything.counts == {
+        key: truth_for(Recipient.objects.filter(run__campaign=scenario.campaign))[key]
+        for key in reports.TALLY_KEYS
+    }
+    assert_tallies_match_rows()
+
+
+def test_a_recipient_first_emailed_keeps_its_day_through_retries_and_follow_ups(
+    smtp_server, make_campaign, add_contacts, monkeypatch
+):
+    add_contacts("ok@example.test", "mailbox-full@example.test", "user-unknown@example.test")
+    campaign = make_campaign(steps=2, delay=timedelta(days=1))
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() - timedelta(days=3))
+    run = campaign_launch(campaign=campaign, enqueue=False)
+    run_prepare(run=run)
+    dispatch_due()
+    monkeypatch.setattr(timezone, "now", real_now)
+    three_days_ago = timezone.localdate() - timedelta(days=3)
+    days = dict(Recipient.objects.values_list("email", "first_sent_on"))
+    assert days == dict.fromkeys(days, three_days_ago)  # sent, soft bounced, bounced
+
+    follow_ups_queue(now=timezone.now())
+    Message.objects.filter(status=S.SOFT_BOUNCED).update(next_attempt_at=timezone.now())
+    dispatch_due()
+
+    assert Message.objects.filter(step__position=2, status=S.SENT).exists()
+    assert dict(Recipient.objects.values_list("email", "first_sent_on")) == days
+    assert_tallies_match_rows()
+
+
+def test_a_recipient_not_emailed_has_no_day(smtp_server, make_campaign, add_contacts):
+    add_contacts("ok@example.test")
+    add_contacts("dne@example.test", do_not_email=True)
+    run = campaign_launch(campaign=make_campaign(), enqueue=False)
+    run_prepare(run=run)
+
+    assert not Recipient.objects.filter(first_sent_on__isnull=False).exists()
+    assert RunTally.objects.get(run=run).day == RunTally.NO_DAY
+
+    dispatch_due()
+
+    assert Recipient.objects.get(email="ok@example.test").first_sent_on == timezone.localdate()
+    assert Recipient.objects.get(email="dne@example.test").first_sent_on is None
+    assert_tallies_match_rows()
 
 
 def test_the_summary_queries_do_not_grow_with_recipients(superuser_client):
@@ -792,10 +892,10 @@ def test_a_bulk_update_of_recipients_keeps_the_counters(scenario):
     assert_tallies_match_rows()
 
 
-def _migration():
+def _migration(name: str = "campaigns.migrations.0007_report_triggers"):
     import importlib
 
-    return importlib.import_module("campaigns.migrations.0007_report_triggers")
+    return importlib.import_module(name)
 
 
 def test_the_migrations_backfill_counts_what_the_triggers_count(scenario):
@@ -811,14 +911,54 @@ def test_the_migrations_backfill_counts_what_the_triggers_count(scenario):
     RunTally.objects.all().delete()
     RunActivity.objects.all().delete()
     with connection.cursor() as cursor:
-        cursor.execute(migration.BACKFILL[1])
+        # The counters per day of migration 0013 (0007's BACKFILL[1] is per owner only).
+        cursor.execute(_migration(DAYS_MIGRATION).tally_backfill(connection.vendor))
         cursor.execute(migration.activity_backfill(hour))
 
     assert {r: reports.run_counts(run=r) for r in CampaignRun.objects.all()} == kept_tallies
+    assert_tallies_match_rows()
     assert (
         sorted(RunActivity.objects.values_list("run_id", "hour", "type", "is_machine", "count"))
         == kept_activity
     )
+
+
+DAYS_MIGRATION = "campaigns.migrations.0013_tally_by_first_sent_day"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Auckland", "America/Los_Angeles"])
+def test_the_migration_gives_each_emailed_recipient_the_day_of_its_earliest_email(
+    scenario, settings, zone
+):
+    from types import SimpleNamespace
+    from zoneinfo import ZoneInfo
+
+    from django.apps import apps
+    from django.db import connection
+
+    settings.TIME_ZONE = zone
+    # Emails of one recipient on two days: the earliest counts.
+    ok1 = message_to("ok1@example.test")
+    early = timezone.now() - timedelta(days=4, hours=5)
+    Message.objects.filter(pk=ok1.pk).update(sent_at=early)
+    Recipient.objects.update(first_sent_on=None)
+
+    _migration(DAYS_MIGRATION).first_sent_backfill(apps, SimpleNamespace(connection=connection))
+
+    expected = {}
+    for recipient in Recipient.objects.filter(run=scenario.run):
+        times = [
+            m.sent_at or m.claimed_at
+            for m in recipient.messages.all()
+            if m.sent_at or m.claimed_at
+        ]
+        emailed = recipient.steps_sent > 0 or recipient.rejections
+        day = min(times).astimezone(ZoneInfo(zone)).date() if emailed and times else None
+        expected[recipient.email] = day
+    assert dict(Recipient.objects.values_list("email", "first_sent_on")) == expected
+    assert expected["ok1@example.test"] == early.astimezone(ZoneInfo(zone)).date()
+    assert sum(day is not None for day in expected.values()) > 5
+    assert_tallies_match_rows()
 
 
 @pytest.mark.skipif("not __import__('django.db').db.connection.vendor == 'postgresql'")
