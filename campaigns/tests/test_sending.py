@@ -266,3 +266,38 @@ def test_an_account_with_an_esp_sends_through_anymail_and_keeps_the_esp_message_
     assert sent.to[0].endswith("<ada@example.test>")
     assert sent.extra_headers["Message-ID"] == message.message_id
     assert run.status == CampaignRun.Status.COMPLETED
+
+
+def _statements_to_send(count: int, tag: str, make_campaign, add_contacts, follow_up: bool):
+    """The statements of the dispatch that sends `count` emails of one step (the first, or a
+    threaded follow-up), and the emails it sent."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    add_contacts(*(f"{tag}{i}@example.test" for i in range(count)))
+    campaign = make_campaign(name=f"Batch {tag}")
+    if follow_up:
+        campaign.steps.create(position=2, subject="Again", text_body="Hi", delay=timedelta(0))
+    run = campaign_launch(campaign=campaign, enqueue=False)
+    run_prepare(run=run)
+    if follow_up:
+        dispatch_due()  # the first step; the second is due at once
+    with CaptureQueriesContext(connection) as queries:
+        dispatch_due()
+    # (The audience list keeps the contacts added before: they go too, in the same batch.)
+    sent = Message.objects.filter(run=run, step__position=2 if follow_up else 1, status=S.SENT)
+    assert sent.filter(recipient__email__startswith=tag).count() == count
+    return [q["sql"] for q in queries]
+
+
+@pytest.mark.parametrize("follow_up", [False, True], ids=["first step", "follow-up"])
+def test_a_batch_costs_the_same_statements_for_three_emails_as_for_twenty(
+    smtp_server, make_campaign, add_contacts, settings, follow_up
+):
+    # The sender reads and writes a batch set-wise: a query per email (a lazily loaded field,
+    # a relation read one by one) would show here as statements growing with the batch.
+    settings.LEADCENTER_BATCH_SIZE = 100
+    # (Sizes under SQLite's 999 parameters per INSERT, which splits a bigger one in two.)
+    few = _statements_to_send(3, "few", make_campaign, add_contacts, follow_up)
+    many = _statements_to_send(20, "many", make_campaign, add_contacts, follow_up)
+    assert len(many) == len(few), "\n".join(q[:160] for q in many)
