@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
@@ -420,8 +421,10 @@ def messages_claim(
             return []
         messages = _claimed_load(claimed)
         # Steps and runs are few per batch: one instance each, shared by the batch's messages.
-        steps = CampaignStep.objects.in_bulk({m.step_id for m in messages})
-        runs = CampaignRun.objects.select_related("campaign").in_bulk({m.run_id for m in messages})
+        steps = _load_by_id([(CampaignStep, None)], {m.step_id for m in messages})
+        runs = _load_by_id(
+            [(CampaignRun, None), (Campaign, "campaign")], {m.run_id for m in messages}
+        )
         waiting = [pk for pk, run in runs.items() if run.status == RunStatus.WAITING]
         if waiting:
             CampaignRun.objects.filter(status=RunStatus.WAITING, pk__in=waiting).update(
@@ -442,6 +445,65 @@ _CLAIMED_MESSAGE = frozenset(
 _CLAIMED_RECIPIENT = frozenset("id run_id contact_id email status first_sent_on".split())
 
 
+def _claimed_load(ids: list[int]) -> list[Message]:
+    """The claimed messages with their recipients and contacts, in id order, in one query of
+    the columns the send reads, plus whether each address is suppressed now and the delay of
+    the step after its own (none for a last step)."""
+    quote = connection.ops.quote_name
+    steps = quote(CampaignStep._meta.db_table)
+    extra = (
+        # contacts.services.active_suppressions, by the index of active entries.
+        f"EXISTS (SELECT 1 FROM {quote(Suppression._meta.db_table)} s "
+        "WHERE s.email = lower(trim(r.email)) AND s.lifted_at IS NULL), "
+        f"(SELECT n.delay FROM {steps} st JOIN {steps} n ON n.campaign_id = st.campaign_id "
+        "AND n.position > st.position WHERE st.id = m.step_id ORDER BY n.position LIMIT 1)"
+    )
+    joins = (
+        f"JOIN {quote(Recipient._meta.db_table)} r ON r.id = m.recipient_id "
+        f"JOIN {quote(Contact._meta.db_table)} c ON c.id = r.contact_id"
+    )
+    [delay] = _row_converters(CampaignStep, ("delay",)) or [None]
+    messages = []
+    rows = _rows_load(
+        [
+            (Message, "m", _CLAIMED_MESSAGE),
+            (Recipient, "r", _CLAIMED_RECIPIENT),
+            (Contact, "c", None),
+        ],
+        ids,
+        joins=joins,
+        extra=extra,
+    )
+    for (message, recipient, contact), (suppressed, next_delay) in rows:
+        recipient.contact = contact
+        message.recipient = recipient
+        message.suppressed = bool(suppressed)
+        message.next_step_delay = (
+            delay(next_delay) if delay and next_delay is not None else next_delay
+        )
+        messages.append(message)
+    return messages
+
+
+def _load_by_id(models: list[tuple[type, str | None]], ids: Iterable[int]) -> dict[int, Any]:
+    """id -> instance of the first model, each next model joined in by the foreign key named
+    (CampaignRun with its Campaign), in one query without the ORM compiling one."""
+    quote = connection.ops.quote_name
+    parts = [(models[0][0], "t0", None)]
+    joins = []
+    for n, (model, via) in enumerate(models[1:], start=1):
+        column = models[0][0]._meta.get_field(via).column
+        joins.append(f"JOIN {quote(model._meta.db_table)} t{n} ON t{n}.id = t0.{quote(column)}")
+        parts.append((model, f"t{n}", None))
+    loaded = {}
+    for instances, _extra in _rows_load(parts, list(ids), joins=" ".join(joins)):
+        first = instances[0]
+        for (_model, via), instance in zip(models[1:], instances[1:], strict=True):
+            setattr(first, via, instance)
+        loaded[first.pk] = first
+    return loaded
+
+
 def _columns(model, wanted: frozenset[str] | None) -> tuple[str, ...]:
     """The wanted fields' attnames (all when None) in the model's field order, the order
     Model.from_db takes a subset of the columns in."""
@@ -449,64 +511,43 @@ def _columns(model, wanted: frozenset[str] | None) -> tuple[str, ...]:
     return tuple(f.attname for f in fields if wanted is None or f.attname in wanted)
 
 
-def _claimed_load(ids: list[int]) -> list[Message]:
-    """The claimed messages with their recipients and contacts, in id order, in one query of
-    the columns the send reads (model instances made from rows, without the ORM building and
-    compiling a select_related query each batch)."""
+def _rows_load(parts, ids: list[int], *, joins: str = "", extra: str = ""):
+    """Model instances made from one query's rows: `parts` lists (model, alias, fields or
+    None for all), the first one's table read by id (`ids`, in id order) and the others
+    through `joins`; `extra`, more columns, given apart. Yields (instances, extra values)."""
     quote = connection.ops.quote_name
-    parts = [
-        (Message, "m", _columns(Message, _CLAIMED_MESSAGE)),
-        (Recipient, "r", _columns(Recipient, _CLAIMED_RECIPIENT)),
-        (Contact, "c", _columns(Contact, None)),
-    ]
+    parts = [(model, alias, _columns(model, wanted)) for model, alias, wanted in parts]
     columns = ", ".join(
         f"{alias}.{quote(model._meta.get_field(name).column)}"
         for model, alias, names in parts
         for name in names
     )
+    first_model, first, _names = parts[0]
     if connection.vendor == "postgresql":
-        wanted, param = "m.id = ANY(CAST(%s AS bigint[]))", "{" + ",".join(map(str, ids)) + "}"
+        wanted = f"{first}.id = ANY(CAST(%s AS bigint[]))"
+        param = "{" + ",".join(map(str, ids)) + "}"
     else:
-        wanted, param = "m.id IN (SELECT value FROM json_each(%s))", f"[{','.join(map(str, ids))}]"
-    steps = quote(CampaignStep._meta.db_table)
+        wanted = f"{first}.id IN (SELECT value FROM json_each(%s))"
+        param = f"[{','.join(map(str, ids))}]"
     sql = (
-        f"SELECT {columns}, "
-        # Whether the address is on the suppression list now (contacts.services
-        # .active_suppressions, by its index of active entries).
-        f"EXISTS (SELECT 1 FROM {quote(Suppression._meta.db_table)} s "
-        f"WHERE s.email = lower(trim(r.email)) AND s.lifted_at IS NULL), "
-        # The delay of the campaign's step after this one (none for a last step).
-        f"(SELECT n.delay FROM {steps} st JOIN {steps} n ON n.campaign_id = st.campaign_id "
-        f"AND n.position > st.position WHERE st.id = m.step_id ORDER BY n.position LIMIT 1) "
-        f"FROM {quote(Message._meta.db_table)} m "
-        f"JOIN {quote(Recipient._meta.db_table)} r ON r.id = m.recipient_id "
-        f"JOIN {quote(Contact._meta.db_table)} c ON c.id = r.contact_id "
-        f"WHERE {wanted} ORDER BY m.id"
+        f"SELECT {columns}{', ' + extra if extra else ''} "
+        f"FROM {quote(first_model._meta.db_table)} {first} {joins} "
+        f"WHERE {wanted} ORDER BY {first}.id"
     )
     db = connection.alias
     converters = [(model, names, _row_converters(model, names)) for model, _alias, names in parts]
-    [delay_converter] = _row_converters(CampaignStep, ("delay",)) or [None]
-    messages = []
     with connection.cursor() as cursor:
         cursor.execute(sql, [param])
-        for row in cursor.fetchall():
-            instances, at = [], 0
-            for model, names, convert in converters:
-                values = row[at : at + len(names)]
-                at += len(names)
-                if convert:
-                    values = [f(v) if f else v for f, v in zip(convert, values, strict=True)]
-                instances.append(model.from_db(db, names, values))
-            message, recipient, contact = instances
-            recipient.contact = contact
-            message.recipient = recipient
-            suppressed, delay = row[at:]
-            message.suppressed = bool(suppressed)
-            message.next_step_delay = (
-                delay_converter(delay) if delay_converter and delay is not None else delay
-            )
-            messages.append(message)
-    return messages
+        rows = cursor.fetchall()
+    for row in rows:
+        instances, at = [], 0
+        for model, names, convert in converters:
+            values = row[at : at + len(names)]
+            at += len(names)
+            if convert:
+                values = [f(v) if f else v for f, v in zip(convert, values, strict=True)]
+            instances.append(model.from_db(db, names, values))
+        yield instances, row[at:]
 
 
 def _row_converters(model, names: tuple[str, ...]) -> list | None:
