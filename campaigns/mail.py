@@ -168,6 +168,13 @@ def _add_pixel(html: str, message_pk: int, base: str, secret: str) -> str:
     return html + pixel
 
 
+def envelope_sender(account: SendingAccount, message_pk: int, *, secret: str | None = None) -> str:
+    """MAIL FROM: the account's VERP address for the message, when it has a return path."""
+    if account.return_path:
+        return tokens.verp_address(account.return_path, message_pk, secret=secret)
+    return account.from_email
+
+
 @dataclass(frozen=True)
 class OutgoingEmail:
     envelope_from: str
@@ -288,13 +295,8 @@ def compose(
         ("List-Unsubscribe", ", ".join(targets)),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
-    envelope_from = (
-        tokens.verp_address(account.return_path, message_pk, secret=secret)
-        if account.return_path
-        else account.from_email
-    )
     return OutgoingEmail(
-        envelope_from=envelope_from,
+        envelope_from=envelope_sender(account, message_pk, secret=secret),
         recipient=recipient_email,
         data=build_message(headers, text, html),
     )

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from campaigns import selectors
-from campaigns.mail import RenderError, TemplateCache, compose
+from campaigns.mail import RenderError, TemplateCache, compose, envelope_sender
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
 from campaigns.smtp import AccountError, EspSession, Reply, SmtpSession, session_for
 from contacts.models import Contact, Suppression
@@ -604,7 +604,7 @@ def _send_each(
     accepted: list[tuple[Message, Reply, datetime]],
 ) -> None:
     threads = _threads(batch)
-    for message in batch:
+    for at, message in enumerate(batch):
         status = run_status.get(message.run_id)
         if status not in SENDING_RUNS:
             # Paused or terminated while this batch was in hand: give the claim back.
@@ -645,7 +645,14 @@ def _send_each(
             continue
         try:
             # The reply comes later (SmtpSession.submit): this one's, or the one before's.
-            session.submit(email.envelope_from, email.recipient, email.data, message)
+            session.submit(
+                email.envelope_from,
+                email.recipient,
+                email.data,
+                message,
+                # Its MAIL and RCPT go with this one's content (SmtpSession.submit).
+                _envelope(account, batch[at + 1]) if at + 1 < len(batch) else None,
+            )
         except AccountError as exc:
             # Our sender refused: give this and the rest of the batch back, unsent.
             _replies_record(account, session.completed(), report, accepted)
@@ -666,6 +673,11 @@ def _send_each(
         _replies_record(account, session.completed(), report, accepted)
     session.flush()
     _replies_record(account, session.completed(), report, accepted)
+
+
+def _envelope(account: SendingAccount, message: Message) -> tuple[str, str]:
+    """The message's (MAIL FROM, RCPT TO), as compose() makes them."""
+    return envelope_sender(account, message.pk), message.recipient.email.strip()
 
 
 def _replies_record(

@@ -61,6 +61,7 @@ class SmtpSession:
         self.account = account
         self.connection: smtplib.SMTP | None = None
         self._pending: object = _NOTHING  # key of a message whose content went, reply unread
+        self._ahead: tuple[str, str] | None = None  # MAIL and RCPT sent ahead, replies unread
         self._completed: list[tuple[object, Reply]] = []
 
     def __enter__(self) -> SmtpSession:
@@ -121,34 +122,53 @@ class SmtpSession:
         return done
 
     def flush(self) -> None:
-        """Read the reply to the message still waiting for one."""
-        if self._pending is not _NOTHING:
-            key, self._pending = self._pending, _NOTHING
-            self._completed.append((key, self._guarded(self._final_reply)))
+        """Read the reply to the message still waiting for one; end the transaction begun
+        ahead for a next message that did not come (RSET)."""
+        self._read_pending()
+        if self._ahead is not None:
+            self._abandon_ahead()
 
-    def submit(self, envelope_from: str, recipient: str, data: bytes, key: object) -> None:
+    def submit(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        key: object,
+        next_envelope: tuple[str, str] | None = None,
+    ) -> None:
         """Send one message; its reply (and the previous message's) come from completed().
-        Raises AccountError when the server refuses our sender or a new connection cannot be
-        had; the replies read before that are in completed() all the same."""
+        `next_envelope`: the (sender, recipient) of the message likely to come next, whose
+        MAIL and RCPT then go with this one's content. Raises AccountError when the server
+        refuses our sender or a new connection cannot be had; the replies read before that
+        are in completed() all the same."""
         if self.connection is None:
             self.open()
         pipelined = self._pipelining(envelope_from, recipient)
-        if self._pending is not _NOTHING:
-            if pipelined:
-                # Behind the previous message's content, whose reply comes first: read it
-                # even when the write failed, the server may have answered before closing.
-                written = self._write_commands(envelope_from, recipient)
-                self.flush()
-                if written and self.connection is not None:
-                    self._after_commands(envelope_from, data, key)
-                    return
-                self._drop()
-            else:
-                self.flush()
-            if self.connection is None:
-                # The connection ended with the previous message, before anything of this
-                # one was taken: this one goes on a new connection.
-                self.open()
+        if self._ahead is not None and pipelined and self._ahead == (envelope_from, recipient):
+            # Its MAIL and RCPT went with the previous content: DATA now, then the replies
+            # in order (the previous message's first).
+            self._ahead = None
+            written = self._write(b"DATA\r\n")
+            self._read_pending()
+            if written and self.connection is not None:
+                self._after_commands(envelope_from, data, key, next_envelope)
+                return
+            self._drop()
+        elif self._pending is not _NOTHING and self._ahead is None and pipelined:
+            # Behind the previous message's content, whose reply comes first: read it even
+            # when the write failed, the server may have answered before closing.
+            written = self._write(_commands(envelope_from, recipient) + b"DATA\r\n")
+            self._read_pending()
+            if written and self.connection is not None:
+                self._after_commands(envelope_from, data, key, next_envelope)
+                return
+            self._drop()
+        else:
+            self.flush()
+        if self.connection is None:
+            # The connection ended with the previous message, before anything of this one
+            # was taken: this one goes on a new connection.
+            self.open()
         if not pipelined:
             connection = self.connection
             reply = self._guarded(
@@ -156,31 +176,58 @@ class SmtpSession:
             )
             self._completed.append((key, reply))
             return
-        if self._write_commands(envelope_from, recipient):
-            self._after_commands(envelope_from, data, key)
+        if self._write(_commands(envelope_from, recipient) + b"DATA\r\n"):
+            self._after_commands(envelope_from, data, key, next_envelope)
         else:
             self._drop()
             self._completed.append((key, _reply(None, "connection lost", "connection")))
 
     def _pipelining(self, envelope_from: str, recipient: str) -> bool:
         return bool(
-            self.connection.has_extn("pipelining")
+            self.connection is not None
+            and self.connection.has_extn("pipelining")
             and _DOT_ATOM.match(envelope_from)
             and _DOT_ATOM.match(recipient)
         )
 
-    def _write_commands(self, envelope_from: str, recipient: str) -> bool:
-        """MAIL, RCPT and DATA in one write; False when the connection is gone."""
-        commands = f"MAIL FROM:<{envelope_from}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+    def _write(self, data: bytes) -> bool:
+        """One write; False when the connection is gone."""
         try:
-            self.connection.sock.sendall(commands.encode("ascii"))
+            self.connection.sock.sendall(data)
         except OSError:
             return False
         return True
 
-    def _after_commands(self, envelope_from: str, data: bytes, key: object) -> None:
+    def _read_pending(self) -> None:
+        if self._pending is not _NOTHING:
+            key, self._pending = self._pending, _NOTHING
+            self._completed.append((key, self._guarded(self._final_reply)))
+
+    def _abandon_ahead(self) -> None:
+        """RSET the transaction whose MAIL and RCPT went ahead: its message is not sent now
+        (run paused, address dropped, template error) or goes otherwise. Nothing of it was
+        delivered: its content never went."""
+        self._ahead = None
+        if self.connection is None:
+            return
+        if not self._write(b"RSET\r\n"):
+            self._drop()
+            return
+        replies = self._guarded(lambda: [self.connection.getreply() for _ in range(3)])
+        if isinstance(replies, Reply) or any(code == 421 for code, _ in replies):
+            self._drop()
+
+    def _after_commands(
+        self,
+        envelope_from: str,
+        data: bytes,
+        key: object,
+        next_envelope: tuple[str, str] | None,
+    ) -> None:
         connection = self.connection
-        reply = self._guarded(lambda: self._pipelined(connection, envelope_from, data))
+        reply = self._guarded(
+            lambda: self._pipelined(connection, envelope_from, data, next_envelope)
+        )
         if reply is None:
             self._pending = key
         else:
@@ -236,10 +283,16 @@ class SmtpSession:
             connection.rset()
         return _reply(code, text, "data")
 
-    def _pipelined(self, connection: smtplib.SMTP, envelope_from: str, data: bytes) -> Reply | None:
+    def _pipelined(
+        self,
+        connection: smtplib.SMTP,
+        envelope_from: str,
+        data: bytes,
+        next_envelope: tuple[str, str] | None = None,
+    ) -> Reply | None:
         """The replies to MAIL, RCPT and DATA (sent by submit()), read in order, then the
-        message content when the server is ready for it: None then, its reply comes later.
-        Each reply is read and kept."""
+        message content when the server is ready for it, with the next message's MAIL and
+        RCPT behind it: None then, its reply comes later. Each reply is read and kept."""
         mail = connection.getreply()
         if mail[0] == 421:  # the server closes now (RFC 5321 3.8): no more replies come
             self._drop()
@@ -262,7 +315,12 @@ class SmtpSession:
         if start[0] != 354:
             self._rset_unless_closing(start)
             return _reply(*start, "data")
-        connection.send(_dot_stuffed(data))
+        content = _dot_stuffed(data)
+        ahead = next_envelope if next_envelope and self._pipelining(*next_envelope) else None
+        if ahead:
+            content += _commands(*ahead)
+        connection.sock.sendall(content)
+        self._ahead = ahead
         return None
 
     def _rset_unless_closing(self, reply: tuple[int, bytes]) -> None:
@@ -274,6 +332,7 @@ class SmtpSession:
 
     def _drop(self) -> None:
         """Forget a connection the server closed or that timed out; the next send reconnects."""
+        self._ahead = None
         if self.connection is not None:
             try:
                 self.connection.close()
@@ -283,6 +342,11 @@ class SmtpSession:
 
 
 _NOTHING = object()
+
+
+def _commands(envelope_from: str, recipient: str) -> bytes:
+    """MAIL and RCPT for plain (dot-atom) addresses, as one write."""
+    return f"MAIL FROM:<{envelope_from}>\r\nRCPT TO:<{recipient}>\r\n".encode("ascii")
 
 
 # A dot-atom address: smtplib's quoteaddr() gives it back as "<address>", unchanged.
@@ -308,7 +372,8 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 def _dot_stuffed(data: bytes) -> bytes:
     """The message as DATA sends it (RFC 5321 4.5.2, as smtplib's data() does): a leading dot
     doubled on every line, and the end-of-data line."""
-    data = _LEADING_DOT.sub(b"..", data)
+    if data.startswith(b".") or b"\n." in data:  # mostly not: no regex over the message
+        data = _LEADING_DOT.sub(b"..", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
@@ -345,8 +410,15 @@ class EspSession:
     def close(self) -> None:
         pass
 
-    def submit(self, envelope_from: str, recipient: str, data: bytes, key: object) -> None:
-        """As SmtpSession.submit: the reply is ready at once."""
+    def submit(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        key: object,
+        next_envelope: tuple[str, str] | None = None,
+    ) -> None:
+        """As SmtpSession.submit: the reply is ready at once (there is nothing to send ahead)."""
         self._completed.append((key, self.send(envelope_from, recipient, data)))
 
     def completed(self) -> list[tuple[object, Reply]]:
