@@ -725,25 +725,34 @@ def _record_sent(account: SendingAccount, accepted: list[tuple[Message, Reply, d
         )
     # In id order, as the tracking writers lock them, so the two rarely wait on each other.
     rows.sort(key=lambda row: row.message_id)
+
+    def record() -> None:
+        with transaction.atomic():
+            _relaxed_commit()
+            messages_record_accepted(
+                accepted=rows,
+                from_status=S.SENDING,
+                status=S.DELIVERED if confirms else S.SENT,
+                event_type=E.DELIVERED if confirms else E.SENT,
+                source=TrackingEvent.Source.SMTP,
+            )
+
+    _outcome_retried(record, f"recording {len(rows)} sent messages")
+
+
+def _outcome_retried(record, what: str):
+    """Run `record` (one transaction recording what a server answered) again when it loses a
+    deadlock or serialization failure to another writer (the tracking writers lock the same
+    rows): these emails left us, and giving up would leave them in doubt."""
     for attempt in range(1, OUTCOME_ATTEMPTS + 1):
         try:
-            with transaction.atomic():
-                _relaxed_commit()
-                messages_record_accepted(
-                    accepted=rows,
-                    from_status=S.SENDING,
-                    status=S.DELIVERED if confirms else S.SENT,
-                    event_type=E.DELIVERED if confirms else E.SENT,
-                    source=TrackingEvent.Source.SMTP,
-                )
-            return
+            return record()
         except OperationalError as exc:
-            # These messages left us: giving up here would leave them in doubt. A deadlock
-            # or serialization failure with another writer is tried again.
             if not is_write_conflict(exc) or attempt == OUTCOME_ATTEMPTS:
                 raise
-            logger.warning("recording %d sent messages: %s; again", len(rows), exc)
+            logger.warning("%s: %s; again", what, exc)
             time.sleep(0.05 * attempt)
+    return None  # pragma: no cover - the loop returns or raises
 
 
 OUTCOME_ATTEMPTS = 5
@@ -820,62 +829,66 @@ def message_record_reply(*, message: Message, account: SendingAccount, reply: Re
     }
     if reply.esp_message_id:
         smtp_fields["esp_message_id"] = reply.esp_message_id
-    with transaction.atomic():
-        _relaxed_commit()
-        if reply.accepted:
-            if account.confirms_delivery:
-                message_transition(
-                    message_id=message.pk,
-                    event_type=E.DELIVERED,
-                    source=TrackingEvent.Source.SMTP,
-                    status=S.DELIVERED,
-                    occurred_at=now,
-                    fields={**smtp_fields, "sent_at": now},
-                    detail=reply.text,
-                    expected_status=S.SENDING,
-                )
+
+    def record() -> str:
+        with transaction.atomic():
+            _relaxed_commit()
+            if reply.accepted:
+                if account.confirms_delivery:
+                    message_transition(
+                        message_id=message.pk,
+                        event_type=E.DELIVERED,
+                        source=TrackingEvent.Source.SMTP,
+                        status=S.DELIVERED,
+                        occurred_at=now,
+                        fields={**smtp_fields, "sent_at": now},
+                        detail=reply.text,
+                        expected_status=S.SENDING,
+                    )
+                else:
+                    message_transition(
+                        message_id=message.pk,
+                        event_type=E.SENT,
+                        source=TrackingEvent.Source.SMTP,
+                        status=S.SENT,
+                        occurred_at=now,
+                        fields=smtp_fields,
+                        detail=reply.text,
+                        expected_status=S.SENDING,
+                    )
+                _recipient_after(message, S.SENT, now=now)
+                return "sent"
+            classification = classify_rejection(
+                smtp_code=reply.code, smtp_status=reply.status, text=reply.text
+            )
+            temporary = reply.code is None or 400 <= reply.code < 500
+            if temporary:
+                age = now - message.created
+                if age >= settings.LEADCENTER_SOFT_BOUNCE_MAX_AGE:
+                    status, outcome = S.FAILED, "failed"
+                else:
+                    status, outcome = S.SOFT_BOUNCED, "soft_bounced"
+                    delay = settings.LEADCENTER_RETRY_BASE * (2 ** max(0, message.attempts - 1))
+                    smtp_fields["next_attempt_at"] = now + min(delay, timedelta(hours=6))
+            elif classification.is_hard:
+                status, outcome = S.BOUNCED, "bounced"
             else:
-                message_transition(
-                    message_id=message.pk,
-                    event_type=E.SENT,
-                    source=TrackingEvent.Source.SMTP,
-                    status=S.SENT,
-                    occurred_at=now,
-                    fields=smtp_fields,
-                    detail=reply.text,
-                    expected_status=S.SENDING,
-                )
-            _recipient_after(message, S.SENT, now=now)
-            return "sent"
-        classification = classify_rejection(
-            smtp_code=reply.code, smtp_status=reply.status, text=reply.text
-        )
-        temporary = reply.code is None or 400 <= reply.code < 500
-        if temporary:
-            age = now - message.created
-            if age >= settings.LEADCENTER_SOFT_BOUNCE_MAX_AGE:
                 status, outcome = S.FAILED, "failed"
-            else:
-                status, outcome = S.SOFT_BOUNCED, "soft_bounced"
-                delay = settings.LEADCENTER_RETRY_BASE * (2 ** max(0, message.attempts - 1))
-                smtp_fields["next_attempt_at"] = now + min(delay, timedelta(hours=6))
-        elif classification.is_hard:
-            status, outcome = S.BOUNCED, "bounced"
-        else:
-            status, outcome = S.FAILED, "failed"
-        message_reject(
-            message_id=message.pk,
-            classification=classification,
-            status=status,
-            source=TrackingEvent.Source.SMTP,
-            smtp_code=reply.code,
-            smtp_status=reply.status,
-            diagnostic=reply.text,
-            occurred_at=now,
-            fields=smtp_fields,
-        )
-        _recipient_after(message, status, now=now)
-    return outcome
+            message_reject(
+                message_id=message.pk,
+                classification=classification,
+                status=status,
+                source=TrackingEvent.Source.SMTP,
+                smtp_code=reply.code,
+                smtp_status=reply.status,
+                diagnostic=reply.text,
+                occurred_at=now,
+                fields=smtp_fields,
+            )
+            _recipient_after(message, status, now=now)
+        return outcome
+
+    return _outcome_retried(record, f"recording the reply to message {message.pk}")
 
 
 def _relaxed_commit() -> None:

@@ -1,6 +1,7 @@
-"""A deadlock with another writer while the sender records what the server accepted: the
-record is tried again, so mail that left us is `sent`, not left in doubt. PostgreSQL only (it
-is where writers deadlock; SQLite has one writer at a time)."""
+"""A deadlock with another writer while the sender records what the server answered (accepted,
+or refused): the record is tried again, so mail that left us is `sent` or `bounced`, not left in
+doubt with the rest of its batch. PostgreSQL only (it is where writers deadlock; SQLite has one
+writer at a time)."""
 
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ class OtherWriter(threading.Thread):
                 self.locked.set()
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and not self.saw_sender_wait:
+                    # The sender, blocked on the recipient's row (its own UPDATE of it, or a
+                    # trigger's, for a rejection).
                     self.saw_sender_wait = bool(
                         spy.execute(
                             "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                            "AND query LIKE %s AND pid <> %s",
-                            ['%UPDATE "campaigns_recipient"%', conn.info.backend_pid],
+                            "AND datname = current_database() AND pid <> %s",
+                            [conn.info.backend_pid],
                         ).fetchone()
                     )
                     time.sleep(0.02)
@@ -62,13 +65,21 @@ class OtherWriter(threading.Thread):
             self.locked.set()
 
 
+@pytest.mark.parametrize(
+    ("address", "status", "event", "recipient_status", "delivered"),
+    [
+        ("ada@example.test", S.SENT, "sent", Recipient.Status.SENT, 1),
+        ("x.user-unknown@example.test", S.BOUNCED, "bounced", Recipient.Status.FAILED, 0),
+    ],
+    ids=["accepted", "refused"],
+)
 @pytest.mark.django_db(transaction=True)
-def test_a_deadlock_while_recording_sent_mail_is_tried_again(
-    smtp_server, make_campaign, add_contacts
+def test_a_deadlock_while_recording_a_reply_is_tried_again(
+    smtp_server, make_campaign, add_contacts, address, status, event, recipient_status, delivered
 ):
     if connection.vendor != "postgresql":
         pytest.skip("a PostgreSQL deadlock")
-    add_contacts("ada@example.test")
+    add_contacts(address)
     run_prepare(run=campaign_launch(campaign=make_campaign(), enqueue=False))
     message = Message.objects.get()
     other = OtherWriter(message.recipient_id, message.pk)
@@ -81,7 +92,7 @@ def test_a_deadlock_while_recording_sent_mail_is_tried_again(
     assert other.error is None, other.error
     assert other.saw_sender_wait, "the sender never waited on the recipient's row"
     message.refresh_from_db()
-    assert message.status == S.SENT
-    assert Recipient.objects.get().status == Recipient.Status.SENT
-    assert TrackingEvent.objects.filter(message=message, type="sent").count() == 1
-    assert len(smtp_server.handler.delivered) == 1
+    assert message.status == status
+    assert Recipient.objects.get().status == recipient_status
+    assert TrackingEvent.objects.filter(message=message, type=event).count() == 1
+    assert len(smtp_server.handler.delivered) == delivered
