@@ -29,6 +29,7 @@ from tracking.classification import classify_rejection
 from tracking.models import TrackingEvent
 from tracking.services import (
     Accepted,
+    is_connection_lost,
     is_write_conflict,
     message_reject,
     message_transition,
@@ -737,22 +738,46 @@ def _record_sent(account: SendingAccount, accepted: list[tuple[Message, Reply, d
                 source=TrackingEvent.Source.SMTP,
             )
 
-    _outcome_retried(record, f"recording {len(rows)} sent messages")
+    def pending() -> bool:
+        # After a lost connection: only those our last attempt did not record.
+        sending = set(
+            Message.objects.filter(
+                pk__in=[row.message_id for row in rows], status=S.SENDING
+            ).values_list("pk", flat=True)
+        )
+        rows[:] = [row for row in rows if row.message_id in sending]
+        return bool(rows)
+
+    _outcome_retried(record, f"recording {len(rows)} sent messages", pending=pending)
 
 
-def _outcome_retried(record, what: str):
+def _outcome_retried(record, what: str, pending=None) -> None:
     """Run `record` (one transaction recording what a server answered) again when it loses a
     deadlock or serialization failure to another writer (the tracking writers lock the same
-    rows): these emails left us, and giving up would leave them in doubt."""
+    rows), or when the database connection was lost (a restart, a failover, a terminated
+    backend): then on a new connection, for what `pending()` says is still unrecorded (a
+    commit can succeed just before its connection goes). These emails left us: giving up
+    would leave them in doubt."""
+    lost = False
     for attempt in range(1, OUTCOME_ATTEMPTS + 1):
         try:
-            return record()
+            if lost and pending is not None and not pending():
+                return
+            record()
+            return
         except OperationalError as exc:
-            if not is_write_conflict(exc) or attempt == OUTCOME_ATTEMPTS:
+            if attempt == OUTCOME_ATTEMPTS:
                 raise
-            logger.warning("%s: %s; again", what, exc)
-            time.sleep(0.05 * attempt)
-    return None  # pragma: no cover - the loop returns or raises
+            if is_write_conflict(exc):
+                logger.warning("%s: %s; again", what, exc)
+                time.sleep(0.05 * attempt)
+                continue
+            if connection.in_atomic_block or not is_connection_lost(exc):
+                raise
+            lost = True
+            logger.warning("%s: %s; again on a new connection", what, exc)
+            connection.close()  # the next statement connects again
+            time.sleep(0.2 * attempt)
 
 
 OUTCOME_ATTEMPTS = 5
@@ -829,66 +854,62 @@ def message_record_reply(*, message: Message, account: SendingAccount, reply: Re
     }
     if reply.esp_message_id:
         smtp_fields["esp_message_id"] = reply.esp_message_id
+    classification = None
+    if reply.accepted:
+        status, outcome = S.SENT, "sent"
+    else:
+        classification = classify_rejection(
+            smtp_code=reply.code, smtp_status=reply.status, text=reply.text
+        )
+        temporary = reply.code is None or 400 <= reply.code < 500
+        if temporary:
+            age = now - message.created
+            if age >= settings.LEADCENTER_SOFT_BOUNCE_MAX_AGE:
+                status, outcome = S.FAILED, "failed"
+            else:
+                status, outcome = S.SOFT_BOUNCED, "soft_bounced"
+                delay = settings.LEADCENTER_RETRY_BASE * (2 ** max(0, message.attempts - 1))
+                smtp_fields["next_attempt_at"] = now + min(delay, timedelta(hours=6))
+        elif classification.is_hard:
+            status, outcome = S.BOUNCED, "bounced"
+        else:
+            status, outcome = S.FAILED, "failed"
 
-    def record() -> str:
+    def record() -> None:
         with transaction.atomic():
             _relaxed_commit()
-            if reply.accepted:
-                if account.confirms_delivery:
-                    message_transition(
-                        message_id=message.pk,
-                        event_type=E.DELIVERED,
-                        source=TrackingEvent.Source.SMTP,
-                        status=S.DELIVERED,
-                        occurred_at=now,
-                        fields={**smtp_fields, "sent_at": now},
-                        detail=reply.text,
-                        expected_status=S.SENDING,
-                    )
-                else:
-                    message_transition(
-                        message_id=message.pk,
-                        event_type=E.SENT,
-                        source=TrackingEvent.Source.SMTP,
-                        status=S.SENT,
-                        occurred_at=now,
-                        fields=smtp_fields,
-                        detail=reply.text,
-                        expected_status=S.SENDING,
-                    )
-                _recipient_after(message, S.SENT, now=now)
-                return "sent"
-            classification = classify_rejection(
-                smtp_code=reply.code, smtp_status=reply.status, text=reply.text
-            )
-            temporary = reply.code is None or 400 <= reply.code < 500
-            if temporary:
-                age = now - message.created
-                if age >= settings.LEADCENTER_SOFT_BOUNCE_MAX_AGE:
-                    status, outcome = S.FAILED, "failed"
-                else:
-                    status, outcome = S.SOFT_BOUNCED, "soft_bounced"
-                    delay = settings.LEADCENTER_RETRY_BASE * (2 ** max(0, message.attempts - 1))
-                    smtp_fields["next_attempt_at"] = now + min(delay, timedelta(hours=6))
-            elif classification.is_hard:
-                status, outcome = S.BOUNCED, "bounced"
+            if classification is None:
+                confirms = account.confirms_delivery
+                message_transition(
+                    message_id=message.pk,
+                    event_type=E.DELIVERED if confirms else E.SENT,
+                    source=TrackingEvent.Source.SMTP,
+                    status=S.DELIVERED if confirms else S.SENT,
+                    occurred_at=now,
+                    fields={**smtp_fields, "sent_at": now} if confirms else smtp_fields,
+                    detail=reply.text,
+                    expected_status=S.SENDING,
+                )
             else:
-                status, outcome = S.FAILED, "failed"
-            message_reject(
-                message_id=message.pk,
-                classification=classification,
-                status=status,
-                source=TrackingEvent.Source.SMTP,
-                smtp_code=reply.code,
-                smtp_status=reply.status,
-                diagnostic=reply.text,
-                occurred_at=now,
-                fields=smtp_fields,
-            )
+                message_reject(
+                    message_id=message.pk,
+                    classification=classification,
+                    status=status,
+                    source=TrackingEvent.Source.SMTP,
+                    smtp_code=reply.code,
+                    smtp_status=reply.status,
+                    diagnostic=reply.text,
+                    occurred_at=now,
+                    fields=smtp_fields,
+                )
             _recipient_after(message, status, now=now)
-        return outcome
 
-    return _outcome_retried(record, f"recording the reply to message {message.pk}")
+    _outcome_retried(
+        record,
+        f"recording the reply to message {message.pk}",
+        pending=lambda: Message.objects.filter(pk=message.pk, status=S.SENDING).exists(),
+    )
+    return outcome
 
 
 def _relaxed_commit() -> None:

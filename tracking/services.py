@@ -64,6 +64,17 @@ def is_write_conflict(exc: Exception) -> bool:
     return getattr(exc.__cause__, "sqlstate", None) in ("40P01", "40001")
 
 
+def is_connection_lost(exc: Exception) -> bool:
+    """The database connection went (a restart, a failover, a terminated backend: SQLSTATE
+    class 08, or 57P01-57P03; or a broken socket, which has no SQLSTATE). Django opens a new
+    one for the next statement; what failed can be tried again there."""
+    cause = exc.__cause__
+    state = getattr(cause, "sqlstate", None)
+    if state:
+        return state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    return cause is not None and type(cause).__module__.startswith("psycopg")
+
+
 def can_transition(current: str, new: str) -> bool:
     return new in TRANSITIONS.get(current, frozenset())
 

@@ -96,3 +96,45 @@ def test_a_deadlock_while_recording_a_reply_is_tried_again(
     assert Recipient.objects.get().status == recipient_status
     assert TrackingEvent.objects.filter(message=message, type=event).count() == 1
     assert len(smtp_server.handler.delivered) == delivered
+
+
+@pytest.mark.parametrize(
+    ("address", "status", "event", "writer"),
+    [
+        ("ada@example.test", S.SENT, "sent", "messages_record_accepted"),
+        ("x.user-unknown@example.test", S.BOUNCED, "bounced", "message_reject"),
+    ],
+    ids=["accepted", "refused"],
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_database_connection_while_recording_a_reply_is_tried_again(
+    smtp_server, make_campaign, add_contacts, monkeypatch, address, status, event, writer
+):
+    # The database restarts (here: our backend is terminated, as in a failover) between the
+    # server's answer and its record: the record goes again on a new connection, once.
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL backend terminated")
+    from campaigns import services
+
+    add_contacts(address)
+    run_prepare(run=campaign_launch(campaign=make_campaign(), enqueue=False))
+    real = getattr(services, writer)
+    terminated = []
+
+    def terminate_then_write(*args, **kwargs):
+        if not terminated:
+            with psycopg.connect(database_url(), autocommit=True) as other:
+                pid = connection.connection.info.backend_pid
+                other.execute("SELECT pg_terminate_backend(%s)", [pid])
+                terminated.append(pid)
+            time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, writer, terminate_then_write)
+
+    dispatch_due()
+
+    assert terminated
+    message = Message.objects.get()
+    assert message.status == status
+    assert TrackingEvent.objects.filter(message=message, type=event).count() == 1
