@@ -26,6 +26,7 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 NAME = "sent_emails"
 SMALL, LARGE, LARGE_QUICK = 10_000, 1_000_000, 100_000
@@ -137,7 +138,10 @@ def _pages(data: Data) -> dict[str, str]:
     """Label -> query string of the Sent emails list, for this database's own ids."""
     from django.utils import timezone
 
-    today = timezone.localdate()
+    # As the admin's own date filter writes them: aware midnights, not bare dates (which
+    # Django would take as naive datetimes, with a warning).
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = quote(str(today - timezone.timedelta(days=1)))
     return {
         "first page": "",
         "page 5": "p=5",
@@ -151,7 +155,7 @@ def _pages(data: Data) -> dict[str, str]:
         "hard rejections": "rejection=hard",
         "rejected: domain not found": "rejection=domain_not_found",
         "rejected: no answer": "rejection=no_answer",
-        "sent yesterday": f"created__gte={today - timezone.timedelta(days=1)}&created__lt={today}",
+        "sent yesterday": f"created__gte={yesterday}&created__lt={quote(str(today))}",
         COMBINED: f"status__exact=sent&owner__id__exact={data.owner}",
         f"{COMBINED}, page 2": f"status__exact=sent&owner__id__exact={data.owner}&p=2",
         BOUNCED: f"status__exact=bounced&owner__id__exact={data.owner}&p=2",

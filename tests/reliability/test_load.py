@@ -43,8 +43,9 @@ E = TrackingEvent.Type
 REDIS_URL = os.environ.get("RELIABILITY_REDIS_URL", "redis://127.0.0.1:6379/12")
 TARGET_URL = "https://example.test/offer"
 HUMAN = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36"
-# Recipients of the run sent during the load: enough to keep the worker busy all along.
-SENDING_RUN = max(500, 60 * LOAD_SECONDS)
+# Recipients of the run sent during the load: enough to keep the worker busy all along (it
+# sends several hundred a second while the load runs on the same cores).
+SENDING_RUN = max(500, 400 * LOAD_SECONDS)
 _RESULTS_LOCK = threading.Lock()  # the clients add their counts to shared ones when done
 
 
