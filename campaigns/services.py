@@ -651,7 +651,7 @@ def _send_each(
                 email.recipient,
                 email.data,
                 message,
-                # Its MAIL and RCPT go with this one's content (SmtpSession.submit).
+                # The next message's MAIL and RCPT go with this one's content.
                 _envelope(account, batch[at + 1]) if at + 1 < len(batch) else None,
             )
         except AccountError as exc:
