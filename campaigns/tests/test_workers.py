@@ -233,7 +233,11 @@ def test_two_clusters_sharing_the_database_never_send_a_message_twice(
         # enqueue them) make several claimers work at once. A pusher takes whatever is waiting
         # into its cluster's own queue, even while its workers are busy, so a task is added
         # whenever none is waiting: each goes to the first cluster to poll, and both get some.
+        # Only once the audience is ready: a task before that finds nothing to send, and a
+        # cluster that used up its tasks then would leave the whole run to the other.
         nonlocal fed
+        if run.status not in (RunStatus.WAITING, RunStatus.RUNNING):
+            return
         if fed < 60 and not OrmQ.objects.filter(lock__lte=timezone.now()).exists():
             async_task("campaigns.tasks.dispatch", group="leadcenter")
             fed += 1
