@@ -143,10 +143,6 @@ def tracking_url(kind: str, token: str, base: str | None = None) -> str:
     return f"{base}/t/o/{token}.gif" if kind == tokens.OPEN else f"{base}/t/{kind}/{token}/"
 
 
-def unsubscribe_url(message_pk: int) -> str:
-    return tracking_url(tokens.UNSUBSCRIBE, tokens.make_token(tokens.UNSUBSCRIBE, message_pk))
-
-
 def _rewrite_links(html: str, message_pk: int, base: str, secret: str) -> str:
     own = base + "/t/"
 
@@ -154,8 +150,10 @@ def _rewrite_links(html: str, message_pk: int, base: str, secret: str) -> str:
         url = match.group(3)
         if url.startswith(own):
             return match.group(0)
-        token = tokens.make_click_token(message_pk, url, secret=secret)
-        return f"{match.group(1)}{match.group(2)}{base}/t/{tokens.CLICK}/{token}/{match.group(2)}"
+        tracked = tracking_url(
+            tokens.CLICK, tokens.make_click_token(message_pk, url, secret=secret), base
+        )
+        return f"{match.group(1)}{match.group(2)}{tracked}{match.group(2)}"
 
     return _HREF.sub(replace, html)
 

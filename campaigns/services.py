@@ -119,7 +119,6 @@ def _run_prepare_locked(*, run: CampaignRun) -> CampaignRun:
     contact_lists = Contact.lists.through._meta.db_table
     opted_out = Contact.opted_out_topics.through._meta.db_table
     campaign_lists = Campaign.lists.through._meta.db_table
-    suppression = "contacts_suppression"
     recipient = Recipient._meta.db_table
     message = Message._meta.db_table
     reasons = Recipient.FilterReason
@@ -144,10 +143,7 @@ def _run_prepare_locked(*, run: CampaignRun) -> CampaignRun:
                     WHEN c.unsubscribed_at IS NOT NULL THEN '{reasons.UNSUBSCRIBED}'
                     WHEN c.do_not_email THEN '{reasons.DO_NOT_EMAIL}'
                     WHEN c.do_not_mass_email THEN '{reasons.DO_NOT_MASS_EMAIL}'
-                    WHEN EXISTS (
-                        SELECT 1 FROM {suppression} s
-                        WHERE s.email = LOWER(TRIM(c.email)) AND s.lifted_at IS NULL
-                    ) THEN '{reasons.BLOCKED}'
+                    WHEN {_suppressed_sql("c.email")} THEN '{reasons.BLOCKED}'
                     WHEN EXISTS (
                         SELECT 1 FROM {opted_out} t WHERE t.contact_id = c.id AND t.topic_id = %s
                     ) THEN '{reasons.NO_EMAIL_SELECTED}'
@@ -453,9 +449,7 @@ def _claimed_load(ids: list[int]) -> list[Message]:
     quote = connection.ops.quote_name
     steps = quote(CampaignStep._meta.db_table)
     extra = (
-        # contacts.services.active_suppressions, by the index of active entries.
-        f"EXISTS (SELECT 1 FROM {quote(Suppression._meta.db_table)} s "
-        "WHERE s.email = lower(trim(r.email)) AND s.lifted_at IS NULL), "
+        f"{_suppressed_sql('r.email')}, "
         f"(SELECT n.delay FROM {steps} st JOIN {steps} n ON n.campaign_id = st.campaign_id "
         "AND n.position > st.position WHERE st.id = m.step_id ORDER BY n.position LIMIT 1)"
     )
@@ -484,6 +478,16 @@ def _claimed_load(ids: list[int]) -> list[Message]:
         )
         messages.append(message)
     return messages
+
+
+def _suppressed_sql(email: str) -> str:
+    """SQL: the address in the column `email` is on the suppression list (an active entry, by
+    their index), as the audience's "blocked" filter and the send's last check read it."""
+    table = connection.ops.quote_name(Suppression._meta.db_table)
+    return (
+        f"EXISTS (SELECT 1 FROM {table} s "
+        f"WHERE s.email = LOWER(TRIM({email})) AND s.lifted_at IS NULL)"
+    )
 
 
 def _load_by_id(models: list[tuple[type, str | None]], ids: Iterable[int]) -> dict[int, Any]:
@@ -659,7 +663,7 @@ def _send_each(
             _replies_record(account, session.completed(), report, accepted)
             report.account_errors.append(str(exc))
             account_record_failure(account=account, error=str(exc))
-            rest = [m.pk for m in batch[batch.index(message) :]]
+            rest = [m.pk for m in batch[at:]]
             report.released += len(
                 messages_transition(
                     message_ids=rest,

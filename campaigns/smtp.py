@@ -44,25 +44,38 @@ def _reply(code: int | None, raw: bytes | str, stage: str) -> Reply:
     return Reply(code=code, status=status, text=text, stage=stage)
 
 
-class SmtpSession:
-    """One connection to the account's server; one SMTP transaction per recipient.
-
-    `send()` is one transaction, its reply returned. `submit()` streams a batch: with PIPELINING
-    (RFC 2920) a message's MAIL, RCPT and DATA go in one write behind the previous message's
-    content, whose reply is read after them ("the actual transfer of message content is
-    explicitly allowed to be the first command in a group"), so the next message is composed
-    while the server reads the previous one, and a message costs one round trip. A message's
-    content is only sent after the server answered 354 to its DATA, which it does only after
-    the previous message's reply: nothing goes out that we did not see the previous outcome
-    of. The replies come back, each with the key it was submitted with, from `completed()`;
-    `flush()` reads the last one."""
+class _Session:
+    """What both sessions share: the replies of submitted messages, each under its key."""
 
     def __init__(self, account: SendingAccount) -> None:
         self.account = account
+        self._completed: list[tuple[object, Reply]] = []
+
+    def completed(self) -> list[tuple[object, Reply]]:
+        """The replies read since the last call, each with its message's key, in order."""
+        done, self._completed = self._completed, []
+        return done
+
+
+class SmtpSession(_Session):
+    """One connection to the account's server; one SMTP transaction per recipient.
+
+    `send()` is one transaction, its reply returned. `submit()` streams a batch: with PIPELINING
+    (RFC 2920) a message's content goes with the next message's MAIL and RCPT behind it ("the
+    actual transfer of message content is explicitly allowed to be the first command in a
+    group"), and that message's DATA follows once it is composed; the replies are read in
+    order, so the next message is composed while the server reads the previous one, and a
+    message costs one round trip. A message's content is only sent after the server answered
+    354 to its DATA, which it does only after the previous message's reply: nothing goes out
+    that we did not see the previous outcome of. A next message that does not come is taken
+    back with RSET. The replies come back, each with the key it was submitted with, from
+    `completed()`; `flush()` reads the last one."""
+
+    def __init__(self, account: SendingAccount) -> None:
+        super().__init__(account)
         self.connection: smtplib.SMTP | None = None
         self._pending: object = _NOTHING  # key of a message whose content went, reply unread
         self._ahead: tuple[str, str] | None = None  # MAIL and RCPT sent ahead, replies unread
-        self._completed: list[tuple[object, Reply]] = []
 
     def __enter__(self) -> SmtpSession:
         self.open()
@@ -116,11 +129,6 @@ class SmtpSession:
         self.flush()
         return dict(self.completed())[key]
 
-    def completed(self) -> list[tuple[object, Reply]]:
-        """The replies read since the last call, each with its message's key, in order."""
-        done, self._completed = self._completed, []
-        return done
-
     def flush(self) -> None:
         """Read the reply to the message still waiting for one; end the transaction begun
         ahead for a next message that did not come (RSET)."""
@@ -144,31 +152,13 @@ class SmtpSession:
         if self.connection is None:
             self.open()
         pipelined = self._pipelining(envelope_from, recipient)
-        if self._ahead is not None and pipelined and self._ahead == (envelope_from, recipient):
-            # Its MAIL and RCPT went with the previous content: DATA now, then the replies
-            # in order (the previous message's first).
-            self._ahead = None
-            written = self._write(b"DATA\r\n")
-            self._read_pending()
-            if written and self.connection is not None:
-                self._after_commands(envelope_from, data, key, next_envelope)
-                return
-            self._drop()
-        elif self._pending is not _NOTHING and self._ahead is None and pipelined:
-            # Behind the previous message's content, whose reply comes first: read it even
-            # when the write failed, the server may have answered before closing.
-            written = self._write(_commands(envelope_from, recipient) + b"DATA\r\n")
-            self._read_pending()
-            if written and self.connection is not None:
-                self._after_commands(envelope_from, data, key, next_envelope)
-                return
-            self._drop()
-        else:
+        went_ahead = pipelined and self._ahead == (envelope_from, recipient)
+        if not pipelined or (self._ahead is not None and not went_ahead):
+            # Nothing of this one goes with the previous message: read that one's reply, and
+            # take back a transaction begun ahead for another message.
             self.flush()
-        if self.connection is None:
-            # The connection ended with the previous message, before anything of this one
-            # was taken: this one goes on a new connection.
-            self.open()
+            if self.connection is None:
+                self.open()
         if not pipelined:
             connection = self.connection
             reply = self._guarded(
@@ -176,11 +166,24 @@ class SmtpSession:
             )
             self._completed.append((key, reply))
             return
-        if self._write(_commands(envelope_from, recipient) + b"DATA\r\n"):
+        behind_previous = self._pending is not _NOTHING
+        self._ahead = None
+        # DATA alone when its MAIL and RCPT went with the previous content. The previous
+        # message's reply comes first: read it even when the write failed, the server may have
+        # answered before closing.
+        commands = b"" if went_ahead else _commands(envelope_from, recipient)
+        written = self._write(commands + b"DATA\r\n")
+        self._read_pending()
+        if written and self.connection is not None:
             self._after_commands(envelope_from, data, key, next_envelope)
-        else:
-            self._drop()
-            self._completed.append((key, _reply(None, "connection lost", "connection")))
+            return
+        self._drop()
+        if behind_previous:
+            # The connection ended with the previous message, before anything of this one
+            # was taken: this one goes on a new connection.
+            self.submit(envelope_from, recipient, data, key, next_envelope)
+            return
+        self._completed.append((key, _reply(None, "connection lost", "connection")))
 
     def _pipelining(self, envelope_from: str, recipient: str) -> bool:
         return bool(
@@ -389,13 +392,9 @@ def _text(exc: BaseException) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-class EspSession:
+class EspSession(_Session):
     """The same interface as SmtpSession for an account that sends through an anymail backend
     (`SendingAccount.esp`): there is no connection to hold, and each send is one API call."""
-
-    def __init__(self, account: SendingAccount) -> None:
-        self.account = account
-        self._completed: list[tuple[object, Reply]] = []
 
     def __enter__(self) -> EspSession:
         return self
@@ -420,10 +419,6 @@ class EspSession:
     ) -> None:
         """As SmtpSession.submit: the reply is ready at once (there is nothing to send ahead)."""
         self._completed.append((key, self.send(envelope_from, recipient, data)))
-
-    def completed(self) -> list[tuple[object, Reply]]:
-        done, self._completed = self._completed, []
-        return done
 
     def flush(self) -> None:
         pass

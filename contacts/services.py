@@ -38,16 +38,6 @@ def contact_mark_invalid(*, contact_id: int, reason: str, source: str) -> None:
         )
 
 
-def active_suppressions(emails: list[str]) -> set[str]:
-    """The addresses among `emails` (any case) that are on the suppression list."""
-    lowered = {e.strip().lower() for e in emails if e}
-    return set(
-        Suppression.objects.filter(email__in=lowered, lifted_at__isnull=True).values_list(
-            "email", flat=True
-        )
-    )
-
-
 def contact_revalidate(*, contact_id: int, reason: str) -> None:
     """Undo a hard rejection that later engagement proved wrong (the person opened, clicked or
     replied): the address is valid again and its hard-bounce suppression is lifted, with the
