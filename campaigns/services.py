@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +19,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import Count, DateField, Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from psycopg.types.datetime import TimestamptzLoader
 
 from campaigns import selectors
 from campaigns.mail import RenderError, TemplateCache, compose, envelope_sender
@@ -542,6 +543,7 @@ def _rows_load(parts, ids: list[int], *, joins: str = "", extra: str = ""):
     db = connection.alias
     converters = [(model, names, _row_converters(model, names)) for model, _alias, names in parts]
     with connection.cursor() as cursor:
+        _utc_timestamps(cursor)
         cursor.execute(sql, [param])
         rows = cursor.fetchall()
     for row in rows:
@@ -553,6 +555,18 @@ def _rows_load(parts, ids: list[int], *, joins: str = "", extra: str = ""):
                 values = [f(v) if f else v for f, v in zip(convert, values, strict=True)]
             instances.append(model.from_db(db, names, values))
         yield instances, row[at:]
+
+
+def _utc_timestamps(cursor) -> None:
+    """PostgreSQL in UTC: this cursor reads timestamps with psycopg's own loader (compiled,
+    from psycopg[binary]), which gives the same values as Django's (a Python subclass of it
+    that sets the connection's time zone) ten times faster; a claimed batch reads a dozen
+    per email. Any other zone keeps Django's."""
+    if connection.vendor != "postgresql" or connection.timezone is not UTC:
+        return
+    raw = cursor.cursor
+    if raw.connection.info.parameter_status("TimeZone") == "UTC":
+        raw.adapters.register_loader("timestamptz", TimestamptzLoader)
 
 
 def _row_converters(model, names: tuple[str, ...]) -> list | None:
@@ -643,6 +657,7 @@ def _send_each(
                 track_clicks=message.run.campaign.track_clicks,
                 thread=threads.get(message.recipient_id),
                 cache=cache,
+                envelope_from=_envelope(account, message)[0],
             )
         except RenderError as exc:
             _record_failure(message, f"template error: {exc}")
@@ -681,8 +696,14 @@ def _send_each(
 
 
 def _envelope(account: SendingAccount, message: Message) -> tuple[str, str]:
-    """The message's (MAIL FROM, RCPT TO), as compose() makes them."""
-    return envelope_sender(account, message.pk), message.recipient.email.strip()
+    """The message's (MAIL FROM, RCPT TO), made once per message: the VERP sender is a signed
+    token, wanted first when the message's MAIL and RCPT go ahead with the one before it,
+    then by compose()."""
+    envelope = message.__dict__.get("_envelope")
+    if envelope is None:
+        envelope = (envelope_sender(account, message.pk), message.recipient.email.strip())
+        message._envelope = envelope
+    return envelope
 
 
 def _replies_record(

@@ -290,6 +290,31 @@ def _statements_to_send(count: int, tag: str, make_campaign, add_contacts, follo
     return [q["sql"] for q in queries]
 
 
+def test_a_claimed_batch_reads_the_values_the_orm_reads(make_campaign, add_contacts):
+    # The claim reads its batch with a query of its own (and, on PostgreSQL in UTC, psycopg's
+    # compiled timestamp loader instead of Django's): the same values, the same time zone.
+    from campaigns.services import messages_claim
+
+    lead_at = timezone.now() - timedelta(days=3, microseconds=7)
+    add_contacts("ada@example.test", "bob@example.test", lead_at=lead_at)
+    campaign = make_campaign()
+    run_prepare(run=campaign_launch(campaign=campaign, enqueue=False))
+
+    claimed = messages_claim(account=campaign.accounts.get(), limit=10, now=timezone.now())
+
+    assert len(claimed) == 2
+    for message in claimed:
+        orm = Message.objects.select_related("recipient__contact").get(pk=message.pk)
+        for name in ("created", "claimed_at", "status_changed_at"):
+            assert getattr(message, name) == getattr(orm, name), name
+            assert getattr(message, name).utcoffset() == timedelta(0), name
+        contact, orm_contact = message.recipient.contact, orm.recipient.contact
+        for name in ("created", "updated", "lead_at", "unsubscribed_at"):
+            assert getattr(contact, name) == getattr(orm_contact, name), name
+        assert contact.lead_at == lead_at
+        assert contact.lead_at.tzinfo is not None
+
+
 @pytest.mark.parametrize("follow_up", [False, True], ids=["first step", "follow-up"])
 def test_a_batch_costs_the_same_statements_for_three_emails_as_for_twenty(
     smtp_server, make_campaign, add_contacts, settings, follow_up
