@@ -192,16 +192,32 @@ def _address(name: str, address: str) -> str:
     return formataddr((" ".join(name.split()), address), charset="utf-8") if name else address
 
 
-def _text_part(subtype: str, text: str) -> bytes:
-    body = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"))
+def _text_part(subtype: str, text: str, boundary: str = "") -> bytes:
+    """A text part, its line ends CRLF (a lone CR too: it would go bare even through
+    quoted-printable). As it is (7bit, RFC 2045 2.7) when it can go so: ASCII, no NUL, no
+    line over 998 characters (RFC 5322 2.1.1), and without the multipart boundary. Otherwise
+    quoted-printable, which holds anything (and never "=_", the boundary's start). Most
+    rendered emails are plain ASCII HTML: encoding them costs more than the rest of building
+    the message, and makes them bigger."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if (
+        text.isascii()
+        and "\0" not in text
+        and (not boundary or boundary not in text)
+        and max(map(len, text.split("\n"))) <= 998
+    ):
+        encoding, body = "7bit", text.encode("ascii")
+    else:
+        encoding, body = "quoted-printable", binascii.b2a_qp(text.encode("utf-8"))
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
     ).encode() + body.replace(b"\n", b"\r\n")
 
 
 # A MIME boundary needs only be absent from the parts: a quoted-printable body cannot hold
-# "=_" ("=" is written "=3D"), so one that starts with it is safe; the rest makes it unique.
+# "=_" ("=" is written "=3D"), so one that starts with it is safe, and a part that goes as it
+# is must not hold it (_text_part); the rest makes it unique.
 _BOUNDARY_PREFIX = f"=_lc_{secrets.token_hex(6)}_"
 _boundaries = itertools.count()
 
@@ -218,9 +234,9 @@ def build_message(headers: list[tuple[str, str]], text: str, html: str) -> bytes
     return (
         head.encode()
         + sep[2:]
-        + _text_part("plain", text)
+        + _text_part("plain", text, boundary)
         + sep
-        + _text_part("html", html)
+        + _text_part("html", html, boundary)
         + f"\r\n--{boundary}--\r\n".encode()
     )
 

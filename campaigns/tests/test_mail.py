@@ -74,3 +74,64 @@ def test_a_plain_address_goes_to_the_server_as_smtplib_quotes_it(address):
 )
 def test_any_other_address_goes_through_smtplib(address):
     assert not _DOT_ATOM.match(address)
+
+
+PLAIN_HTML = '<p>Hi Ada,</p>\n<p><a href="https://x.test/?a=1&amp;b=2">Read</a></p>\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "html", "encodings"),
+    [
+        # Plain ASCII with short lines: as it is.
+        ("Hi Ada,\r\nSee you.\n", PLAIN_HTML, ["7bit", "7bit"]),
+        # Anything else: quoted-printable, for that part only.
+        ("Hi Zoë,\nSee you.\n", PLAIN_HTML, ["quoted-printable", "7bit"]),
+        ("Hi Ada,\n" + "x" * 999 + "\n", PLAIN_HTML, ["quoted-printable", "7bit"]),
+        ("Hi Ada,\n" + "x" * 998 + "\n", PLAIN_HTML, ["7bit", "7bit"]),
+        # A lone CR is a line end, as in the other parts (it went bare through b2a_qp).
+        ("a lone\rcarriage return", PLAIN_HTML, ["7bit", "7bit"]),
+        ("Zoë alone\rcarriage return", PLAIN_HTML, ["quoted-printable", "7bit"]),
+        ("a NUL\0", PLAIN_HTML, ["quoted-printable", "7bit"]),
+        ("Hi Ada", "<p>Grüße</p>", ["7bit", "quoted-printable"]),
+        ("Hi Ada,\nSee you.\n", "", ["7bit"]),
+        ("Hi Zoë,\nSee you.", "", ["quoted-printable"]),
+    ],
+)
+def test_a_part_goes_as_it_is_only_when_it_can_and_reads_back_the_same(text, html, encodings):
+    from email import message_from_bytes, policy
+
+    from campaigns.mail import build_message
+
+    data = build_message([("Subject", "Hello")], text, html)
+
+    email = message_from_bytes(data, policy=policy.default)
+    parts = list(email.iter_parts()) if html else [email]
+    assert [part["Content-Transfer-Encoding"] for part in parts] == encodings
+    expected = [text, html] if html else [text]
+    for part, source in zip(parts, expected, strict=True):
+        # What a mail reader shows: the text, its line ends CRLF.
+        read = part.get_payload(decode=True).decode("utf-8")
+        # (A message of one part ends with a line end.)
+        shown = source.replace("\r\n", "\n").replace("\r", "\n")
+        assert read.replace("\r\n", "\n").rstrip("\n") == shown.rstrip("\n")
+    for line in data.split(b"\r\n"):
+        assert len(line) <= 998
+        assert b"\r" not in line and b"\n" not in line
+
+
+def test_a_part_holding_the_boundary_is_quoted_printable(monkeypatch):
+    from email import message_from_bytes, policy
+
+    from campaigns import mail
+
+    monkeypatch.setattr(mail, "_boundaries", iter([42]))
+    boundary = f"{mail._BOUNDARY_PREFIX}42"
+    text = f"line one\n--{boundary}\nline three\n"
+
+    data = mail.build_message([("Subject", "Hello")], text, PLAIN_HTML)
+
+    email = message_from_bytes(data, policy=policy.default)
+    plain, html = email.iter_parts()
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert html["Content-Transfer-Encoding"] == "7bit"
+    assert plain.get_content().replace("\r\n", "\n") == text
