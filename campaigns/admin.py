@@ -728,7 +728,6 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
         "account",
         "status",
         "last_event",
-        "smtp_code",
         "smtp_reply",
     ]
     list_filter = [
@@ -864,9 +863,12 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
             label,
         )
 
-    @admin.display(description="SMTP reply")
+    @admin.display(description="SMTP reply", ordering="smtp_code")
     def smtp_reply(self, obj: Message) -> str:
-        return Truncator(obj.smtp_response).chars(60)
+        # The code and the server's words in one column (the email's page has them apart), so
+        # that the list fits a laptop's screen beside the navigation and the filters.
+        reply = f"{obj.smtp_code or ''} {obj.smtp_response}".strip()
+        return Truncator(reply).chars(64)
 
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view
