@@ -6,6 +6,7 @@ decides what to send and when, talks SMTP, and reports each outcome to the state
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -31,6 +32,7 @@ from tracking.classification import classify_rejection
 from tracking.models import TrackingEvent
 from tracking.services import (
     Accepted,
+    claim_picking,
     is_connection_lost,
     is_write_conflict,
     message_reject,
@@ -409,13 +411,15 @@ def messages_claim(
     SMTP call (tracking.services.messages_claim: FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite
     serialises write transactions). Returns them with what the send reads: recipient, contact,
     step and run (with its campaign)."""
-    due = Message.objects.filter(
-        account=account,
-        next_attempt_at__lte=due_by or now,
-        run__status__in=SENDING_RUNS,
-    ).order_by("next_attempt_at", "pk")
+    due_by = due_by or now
+    due = _due(account.pk, due_by)
     with transaction.atomic():
-        claimed = tracking_claim(due=due, limit=limit, occurred_at=now)
+        picking = (
+            _claim_picking(connection.alias, account.pk, due_by, limit)
+            if connection.vendor == "postgresql"
+            else None
+        )
+        claimed = tracking_claim(due=due, limit=limit, occurred_at=now, picking=picking)
         if not claimed:
             return []
         messages = _claimed_load(claimed)
@@ -433,6 +437,19 @@ def messages_claim(
         message.step = steps[message.step_id]
         message.run = runs[message.run_id]
     return messages
+
+
+def _due(account_id: int, due_by: datetime):
+    """The account's messages due by `due_by` in runs that may send, the oldest first."""
+    return Message.objects.filter(
+        account_id=account_id, next_attempt_at__lte=due_by, run__status__in=SENDING_RUNS
+    ).order_by("next_attempt_at", "pk")
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_picking(alias: str, account_id: int, due_by: datetime, limit: int):
+    """The claim's picking query, compiled once per account, pass (`due_by`) and batch size."""
+    return claim_picking(_due(account_id, due_by), limit)
 
 
 # What a claimed message's send reads of the message and its recipient (the contact comes
@@ -522,29 +539,15 @@ def _rows_load(parts, ids: list[int], *, joins: str = "", extra: str = ""):
     """Model instances made from one query's rows: `parts` lists (model, alias, fields or
     None for all), the first one's table read by id (`ids`, in id order) and the others
     through `joins`; `extra`, more columns, given apart. Yields (instances, extra values)."""
-    quote = connection.ops.quote_name
-    parts = [(model, alias, _columns(model, wanted)) for model, alias, wanted in parts]
-    columns = ", ".join(
-        f"{alias}.{quote(model._meta.get_field(name).column)}"
-        for model, alias, names in parts
-        for name in names
-    )
-    first_model, first, _names = parts[0]
+    sql, columns = _select_plan(connection.vendor, tuple(parts), joins, extra)
     if connection.vendor == "postgresql":
-        wanted = f"{first}.id = ANY(CAST(%s AS bigint[]))"
         param = "{" + ",".join(map(str, ids)) + "}"
     else:
-        wanted = f"{first}.id IN (SELECT value FROM json_each(%s))"
         param = f"[{','.join(map(str, ids))}]"
-    sql = (
-        f"SELECT {columns}{', ' + extra if extra else ''} "
-        f"FROM {quote(first_model._meta.db_table)} {first} {joins} "
-        f"WHERE {wanted} ORDER BY {first}.id"
-    )
     db = connection.alias
     converters = [
-        (_instance_maker(model), names, _row_converters(model, names))
-        for model, _alias, names in parts
+        (_instance_maker(model), names, convert)
+        for (model, _a, _w), (names, convert) in zip(parts, columns, strict=True)
     ]
     with connection.cursor() as cursor:
         _utc_timestamps(cursor)
@@ -559,6 +562,31 @@ def _rows_load(parts, ids: list[int], *, joins: str = "", extra: str = ""):
                 values = [f(v) if f else v for f, v in zip(convert, values, strict=True)]
             instances.append(make(db, names, values))
         yield instances, row[at:]
+
+
+@functools.lru_cache(maxsize=64)
+def _select_plan(vendor: str, parts: tuple, joins: str, extra: str):
+    """_rows_load's statement (the ids its one parameter) and, per part, the attnames it reads
+    and their converters: the same for every batch, made once (reading the models' fields
+    and the backend's converters costs a fifth of a millisecond a batch)."""
+    quote = connection.ops.quote_name
+    named = [(model, alias, _columns(model, wanted)) for model, alias, wanted in parts]
+    columns = ", ".join(
+        f"{alias}.{quote(model._meta.get_field(name).column)}"
+        for model, alias, names in named
+        for name in names
+    )
+    first_model, first, _names = named[0]
+    if vendor == "postgresql":
+        wanted = f"{first}.id = ANY(CAST(%s AS bigint[]))"
+    else:
+        wanted = f"{first}.id IN (SELECT value FROM json_each(%s))"
+    sql = (
+        f"SELECT {columns}{', ' + extra if extra else ''} "
+        f"FROM {quote(first_model._meta.db_table)} {first} {joins} "
+        f"WHERE {wanted} ORDER BY {first}.id"
+    )
+    return sql, [(names, _row_converters(model, names)) for model, _alias, names in named]
 
 
 def _instance_maker(model):
