@@ -10,7 +10,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -24,7 +24,7 @@ from django.utils import timezone
 from psycopg.types.datetime import TimestamptzLoader
 
 from campaigns import selectors
-from campaigns.mail import RenderError, TemplateCache, compose, envelope_sender
+from campaigns.mail import OutgoingEmail, RenderError, TemplateCache, compose, envelope_sender
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
 from campaigns.smtp import AccountError, EspSession, Reply, SmtpSession, session_for
 from contacts.models import Contact, Suppression
@@ -679,46 +679,17 @@ def _send_each(
     report: DispatchReport,
     accepted: list[tuple[Message, Reply, datetime]],
 ) -> None:
-    threads = _threads(batch)
-    for at, message in enumerate(batch):
-        status = run_status.get(message.run_id)
-        if status not in SENDING_RUNS:
-            # Paused or terminated while this batch was in hand: give the claim back.
-            target = S.CANCELLED if status == RunStatus.TERMINATED else S.QUEUED
-            event = E.CANCELLED if target == S.CANCELLED else E.QUEUED
-            messages_transition(
-                message_ids=[message.pk],
-                from_status=S.SENDING,
-                status=target,
-                event_type=event,
-                source=TrackingEvent.Source.SYSTEM,
-                detail=f"run {status}",
-            )
-            report.released += 1
-            continue
-        contact = message.recipient.contact
-        reason = _drop_reason(message, contact)
-        if reason:
-            _record_failure(message, reason)
-            report.failed += 1
-            continue
-        try:
-            email = compose(
-                message_pk=message.pk,
-                message_id=message.message_id,
-                step=message.step,
-                contact=contact,
-                recipient_email=message.recipient.email.strip(),
-                account=account,
-                track_opens=message.run.campaign.track_opens,
-                track_clicks=message.run.campaign.track_clicks,
-                thread=threads.get(message.recipient_id),
-                cache=cache,
-                envelope_from=_envelope(account, message)[0],
-            )
-        except RenderError as exc:
-            _record_failure(message, f"template error: {exc}")
-            report.failed += 1
+    # One message composed ahead: its MAIL, RCPT and DATA go with the content of the one
+    # before it (SmtpSession.submit), and the one after it is composed while the server reads.
+    emails = _composed(account, batch, cache, run_status, report)
+    current = next(emails, None)
+    while current is not None:
+        at, message, email = current
+        following = next(emails, None)
+        if _stopped(message, run_status, report):
+            # Paused or terminated since it was composed (its DATA may have gone ahead: the
+            # session then closes the connection before its content, and nothing of it goes).
+            current = following
             continue
         try:
             # The reply comes later (SmtpSession.submit): this one's, or the one before's.
@@ -727,8 +698,8 @@ def _send_each(
                 email.recipient,
                 email.data,
                 message,
-                # The next message's MAIL and RCPT go with this one's content.
-                _envelope(account, batch[at + 1]) if at + 1 < len(batch) else None,
+                (following[2].envelope_from, following[2].recipient) if following else None,
+                next_ready=following is not None,
             )
         except AccountError as exc:
             # Our sender refused: give this and the rest of the batch back, unsent.
@@ -748,19 +719,69 @@ def _send_each(
             )
             return
         _replies_record(account, session.completed(), report, accepted)
+        current = following
     session.flush()
     _replies_record(account, session.completed(), report, accepted)
 
 
-def _envelope(account: SendingAccount, message: Message) -> tuple[str, str]:
-    """The message's (MAIL FROM, RCPT TO), made once per message: the VERP sender is a signed
-    token, wanted first when the message's MAIL and RCPT go ahead with the one before it,
-    then by compose()."""
-    envelope = message.__dict__.get("_envelope")
-    if envelope is None:
-        envelope = (envelope_sender(account, message.pk), message.recipient.email.strip())
-        message._envelope = envelope
-    return envelope
+def _composed(
+    account: SendingAccount,
+    batch: list[Message],
+    cache: TemplateCache,
+    run_status: _RunStatusCache,
+    report: DispatchReport,
+) -> Iterator[tuple[int, Message, OutgoingEmail]]:
+    """The batch's messages that may go out, each composed, with its place in the batch. The
+    others are recorded on the way: given back when their run was paused or terminated while
+    the batch was in hand, failed when their address went bad or their template fails."""
+    threads = _threads(batch)
+    for at, message in enumerate(batch):
+        if _stopped(message, run_status, report):
+            continue
+        contact = message.recipient.contact
+        reason = _drop_reason(message, contact)
+        if reason:
+            _record_failure(message, reason)
+            report.failed += 1
+            continue
+        try:
+            email = compose(
+                message_pk=message.pk,
+                message_id=message.message_id,
+                step=message.step,
+                contact=contact,
+                recipient_email=message.recipient.email.strip(),
+                account=account,
+                track_opens=message.run.campaign.track_opens,
+                track_clicks=message.run.campaign.track_clicks,
+                thread=threads.get(message.recipient_id),
+                cache=cache,
+                envelope_from=envelope_sender(account, message.pk),
+            )
+        except RenderError as exc:
+            _record_failure(message, f"template error: {exc}")
+            report.failed += 1
+            continue
+        yield at, message, email
+
+
+def _stopped(message: Message, run_status: _RunStatusCache, report: DispatchReport) -> bool:
+    """The message's run was paused or terminated while the batch was in hand: its claim is
+    given back (queued again, or cancelled)."""
+    status = run_status.get(message.run_id)
+    if status in SENDING_RUNS:
+        return False
+    target = S.CANCELLED if status == RunStatus.TERMINATED else S.QUEUED
+    messages_transition(
+        message_ids=[message.pk],
+        from_status=S.SENDING,
+        status=target,
+        event_type=E.CANCELLED if target == S.CANCELLED else E.QUEUED,
+        source=TrackingEvent.Source.SYSTEM,
+        detail=f"run {status}",
+    )
+    report.released += 1
+    return True
 
 
 def _replies_record(

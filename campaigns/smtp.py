@@ -63,12 +63,15 @@ class SmtpSession(_Session):
     `send()` is one transaction, its reply returned. `submit()` streams a batch: with PIPELINING
     (RFC 2920) a message's content goes with the next message's MAIL and RCPT behind it ("the
     actual transfer of message content is explicitly allowed to be the first command in a
-    group"), and that message's DATA follows once it is composed; the replies are read in
-    order, so the next message is composed while the server reads the previous one, and a
-    message costs one round trip. A message's content is only sent after the server answered
-    354 to its DATA, which it does only after the previous message's reply: nothing goes out
-    that we did not see the previous outcome of. A next message that does not come is taken
-    back with RSET. The replies come back, each with the key it was submitted with, from
+    group"), and with its DATA too when the caller has already composed it (`next_ready`), so
+    that a message costs one round trip and one write: its content, then the replies to it and
+    to the next one's commands. The replies are read in order, and the caller composes the
+    message after next while the server reads. A message's content is only sent after the
+    server answered 354 to its DATA, which it does only after the previous message's reply:
+    nothing goes out that we did not see the previous outcome of. A next message that does not
+    come is taken back with RSET, or, when its DATA went, by closing the connection before its
+    content: a transaction the client never ends with its final dot is not delivered (RFC 5321
+    3.3, 4.1.1.4). The replies come back, each with the key it was submitted with, from
     `completed()`; `flush()` reads the last one."""
 
     def __init__(self, account: SendingAccount) -> None:
@@ -76,6 +79,7 @@ class SmtpSession(_Session):
         self.connection: smtplib.SMTP | None = None
         self._pending: object = _NOTHING  # key of a message whose content went, reply unread
         self._ahead: tuple[str, str] | None = None  # MAIL and RCPT sent ahead, replies unread
+        self._data_ahead = False  # ... and DATA behind them
 
     def __enter__(self) -> SmtpSession:
         self.open()
@@ -143,10 +147,12 @@ class SmtpSession(_Session):
         data: bytes,
         key: object,
         next_envelope: tuple[str, str] | None = None,
+        next_ready: bool = False,
     ) -> None:
         """Send one message; its reply (and the previous message's) come from completed().
         `next_envelope`: the (sender, recipient) of the message likely to come next, whose
-        MAIL and RCPT then go with this one's content. Raises AccountError when the server
+        MAIL and RCPT then go with this one's content; `next_ready`: that message is composed
+        and will be submitted next, so its DATA goes too. Raises AccountError when the server
         refuses our sender or a new connection cannot be had; the replies read before that
         are in completed() all the same."""
         if self.connection is None:
@@ -167,15 +173,19 @@ class SmtpSession(_Session):
             self._completed.append((key, reply))
             return
         behind_previous = self._pending is not _NOTHING
-        self._ahead = None
-        # DATA alone when its MAIL and RCPT went with the previous content. The previous
-        # message's reply comes first: read it even when the write failed, the server may have
-        # answered before closing.
-        commands = b"" if went_ahead else _commands(envelope_from, recipient)
-        written = self._write(commands + b"DATA\r\n")
+        data_went = went_ahead and self._data_ahead
+        self._ahead, self._data_ahead = None, False
+        # Nothing to write when its MAIL, RCPT and DATA went with the previous content; DATA
+        # alone when only its MAIL and RCPT did. The previous message's reply comes first: read
+        # it even when the write failed, the server may have answered before closing.
+        if data_went:
+            written = True
+        else:
+            commands = b"" if went_ahead else _commands(envelope_from, recipient)
+            written = self._write(commands + b"DATA\r\n")
         self._read_pending()
         if written and self.connection is not None:
-            self._after_commands(envelope_from, data, key, next_envelope)
+            self._after_commands(envelope_from, data, key, next_envelope, next_ready)
             return
         self._drop()
         if behind_previous:
@@ -209,9 +219,14 @@ class SmtpSession(_Session):
     def _abandon_ahead(self) -> None:
         """RSET the transaction whose MAIL and RCPT went ahead: its message is not sent now
         (run paused, address dropped, template error) or goes otherwise. Nothing of it was
-        delivered: its content never went."""
-        self._ahead = None
+        delivered: its content never went. When its DATA went too, the server may be waiting
+        for that content, where an RSET would be read as content: close the connection
+        instead, which ends the transaction undelivered."""
+        data_went, self._ahead, self._data_ahead = self._data_ahead, None, False
         if self.connection is None:
+            return
+        if data_went:
+            self._drop()
             return
         if not self._write(b"RSET\r\n"):
             self._drop()
@@ -226,10 +241,11 @@ class SmtpSession(_Session):
         data: bytes,
         key: object,
         next_envelope: tuple[str, str] | None,
+        next_ready: bool,
     ) -> None:
         connection = self.connection
         reply = self._guarded(
-            lambda: self._pipelined(connection, envelope_from, data, next_envelope)
+            lambda: self._pipelined(connection, envelope_from, data, next_envelope, next_ready)
         )
         if reply is None:
             self._pending = key
@@ -292,10 +308,12 @@ class SmtpSession(_Session):
         envelope_from: str,
         data: bytes,
         next_envelope: tuple[str, str] | None = None,
+        next_ready: bool = False,
     ) -> Reply | None:
         """The replies to MAIL, RCPT and DATA (sent by submit()), read in order, then the
         message content when the server is ready for it, with the next message's MAIL and
-        RCPT behind it: None then, its reply comes later. Each reply is read and kept."""
+        RCPT (and DATA, when `next_ready`) behind it: None then, its reply comes later. Each
+        reply is read and kept."""
         mail = connection.getreply()
         if mail[0] == 421:  # the server closes now (RFC 5321 3.8): no more replies come
             self._drop()
@@ -322,8 +340,11 @@ class SmtpSession(_Session):
         ahead = next_envelope if next_envelope and self._pipelining(*next_envelope) else None
         if ahead:
             content += _commands(*ahead)
+            if next_ready:
+                content += b"DATA\r\n"
         connection.sock.sendall(content)
         self._ahead = ahead
+        self._data_ahead = bool(ahead and next_ready)
         return None
 
     def _rset_unless_closing(self, reply: tuple[int, bytes]) -> None:
@@ -335,7 +356,7 @@ class SmtpSession(_Session):
 
     def _drop(self) -> None:
         """Forget a connection the server closed or that timed out; the next send reconnects."""
-        self._ahead = None
+        self._ahead, self._data_ahead = None, False
         if self.connection is not None:
             try:
                 self.connection.close()
@@ -416,6 +437,7 @@ class EspSession(_Session):
         data: bytes,
         key: object,
         next_envelope: tuple[str, str] | None = None,
+        next_ready: bool = False,
     ) -> None:
         """As SmtpSession.submit: the reply is ready at once (there is nothing to send ahead)."""
         self._completed.append((key, self.send(envelope_from, recipient, data)))

@@ -137,10 +137,12 @@ def test_a_pause_mid_batch_gives_the_unsent_claims_back(
     real_submit = SmtpSession.submit
     sent_so_far = []
 
-    def submit_then_pause(self, envelope_from, recipient, data, key, next_envelope=None):
-        # A person clicks Pause once the second email has gone out (with the third's MAIL
-        # and RCPT behind it: the session takes them back with RSET).
-        real_submit(self, envelope_from, recipient, data, key, next_envelope)
+    def submit_then_pause(
+        self, envelope_from, recipient, data, key, next_envelope=None, next_ready=False
+    ):
+        # A person clicks Pause once the second email has gone out (with the third's MAIL,
+        # RCPT and DATA behind it: the session closes the connection before its content).
+        real_submit(self, envelope_from, recipient, data, key, next_envelope, next_ready)
         sent_so_far.append(recipient)
         if len(sent_so_far) == 2:
             campaign_pause(campaign=campaign)

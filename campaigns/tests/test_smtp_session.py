@@ -64,9 +64,13 @@ def test_a_dropped_connection_mid_data_is_no_answer_and_the_next_send_reconnects
     assert again.accepted
 
 
-def test_a_streamed_batch_gets_each_reply_under_its_own_key(server, session):
+@pytest.mark.parametrize(
+    "ahead", ["nothing", "mail and rcpt", "mail, rcpt and data"], ids=lambda a: f"{a} ahead"
+)
+def test_a_streamed_batch_gets_each_reply_under_its_own_key(server, session, ahead):
     # submit() as the sender uses it: each message's reply comes back from completed() with
-    # the key it went with, whatever came before it on the connection.
+    # the key it went with, whatever came before it on the connection. With the next message's
+    # commands sent ahead behind each content, whatever that message's fate.
     batch = [
         ("first", "ada@example.test"),
         ("unknown", "x.user-unknown@example.test"),
@@ -77,8 +81,18 @@ def test_a_streamed_batch_gets_each_reply_under_its_own_key(server, session):
         ("after-drop", "cy@example.test"),
     ]
     replies = []
-    for key, address in batch:
-        session.submit(f"bounce+{key}@leadcenter.test", address, BODY, key)
+    for at, (key, address) in enumerate(batch):
+        following = batch[at + 1] if at + 1 < len(batch) else None
+        session.submit(
+            f"bounce+{key}@leadcenter.test",
+            address,
+            BODY,
+            key,
+            (f"bounce+{following[0]}@leadcenter.test", following[1])
+            if following and ahead != "nothing"
+            else None,
+            next_ready=following is not None and ahead == "mail, rcpt and data",
+        )
         replies += session.completed()
     session.flush()
     replies += session.completed()
@@ -134,3 +148,26 @@ def test_with_pipelining_submit_returns_while_the_server_reads_the_message(pipel
         assert waiting == [] and returned_after < 0.4
     else:
         assert waiting != [] and returned_after >= 0.5
+
+
+def test_a_next_message_that_does_not_come_after_its_data_went_is_never_delivered(
+    server, session
+):
+    # Its MAIL, RCPT and DATA went with the content before it, and then it is not sent (the
+    # worker stops): the connection closes before its content, so the server delivers
+    # nothing of it, and the session goes on over a new connection.
+    session.submit(
+        "bounce+1@leadcenter.test",
+        "ada@example.test",
+        BODY,
+        "ada",
+        ("bounce+2@leadcenter.test", "bob@example.test"),
+        next_ready=True,
+    )
+    session.flush()
+    [(key, reply)] = session.completed()
+    after = session.send("bounce+3@leadcenter.test", "cy@example.test", BODY)
+
+    assert key == "ada" and reply.accepted and after.accepted
+    delivered = server.handler.delivered
+    assert [d.rcpt_to for d in delivered] == [["ada@example.test"], ["cy@example.test"]]
