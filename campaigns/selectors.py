@@ -11,6 +11,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from campaigns.models import CampaignRun, Message, Recipient, SendingAccount
+from leadcenter.database import prepared_cursor
 
 S = Message.Status
 
@@ -59,7 +60,7 @@ def account_capacity(account: SendingAccount, now: datetime) -> int:
         f"AND {claimed} >= %s LIMIT %s) AS w)"
     )
     ops = connection.ops
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection) as cursor:
         cursor.execute(
             f"SELECT {window}, {window}",
             [

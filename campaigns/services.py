@@ -28,6 +28,7 @@ from campaigns.mail import OutgoingEmail, RenderError, TemplateCache, compose, e
 from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
 from campaigns.smtp import AccountError, EspSession, Reply, SmtpSession, session_for
 from contacts.models import Contact, Suppression
+from leadcenter.database import prepared_cursor
 from tracking.classification import classify_rejection
 from tracking.models import TrackingEvent
 from tracking.services import (
@@ -549,7 +550,7 @@ def _rows_load(parts, ids: list[int], *, joins: str = "", extra: str = ""):
         (_instance_maker(model), names, convert)
         for (model, _a, _w), (names, convert) in zip(parts, columns, strict=True)
     ]
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection) as cursor:
         _utc_timestamps(cursor)
         cursor.execute(sql, [param])
         rows = cursor.fetchall()

@@ -104,7 +104,15 @@ DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 60))
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+    "DATABASE_PREPARED_STATEMENTS", True
+):
+    # The sender's per-batch statements are prepared on their connection
+    # (leadcenter.database.prepared_cursor); Django's own cursors bind on the client and never
+    # prepare. Behind a pooler that cannot keep prepared statements (PgBouncer in transaction
+    # mode before 1.21), set DATABASE_PREPARED_STATEMENTS=false.
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Workers and the web server share the file: wait for locks instead of failing, and let
     # readers go on while one writer writes.
     DATABASES["default"]["CONN_MAX_AGE"] = 0

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from campaigns.models import Message, Recipient
 from contacts.services import contact_mark_invalid, contact_revalidate
+from leadcenter.database import prepared_cursor
 from tracking.classification import Classification, classify_rejection
 from tracking.events import InboundEvent
 from tracking.models import Rejection, TrackingEvent
@@ -353,7 +354,7 @@ def messages_record_accepted(
                 if field not in names
             ]
             sets += [f"{quote(field.column)} = v.{name}" for name, field in columns[2:]]
-            with connection.cursor() as cursor:
+            with prepared_cursor(connection) as cursor:
                 cursor.execute(
                     f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
                     f"UPDATE {table} SET {', '.join(sets)} FROM v "
@@ -427,7 +428,7 @@ def _recipients_update(connection, accepted: list[Accepted], event_type: str) ->
             ),
         )
         sets += [f"{field.column} = v.{name}" for name, field in columns[2:]]
-        with connection.cursor() as cursor:
+        with prepared_cursor(connection) as cursor:
             cursor.execute(
                 f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
                 f"UPDATE {table} SET {', '.join(sets)} FROM v WHERE {table}.id = v.id",
@@ -464,7 +465,7 @@ def _events_insert(
         ([pk, when, detail] for pk, when, detail in rows),
     )
     insert, insert_params = _events_insert_from(connection, "v", per_row, constants)
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection) as cursor:
         cursor.execute(
             f"WITH v ({', '.join(per_row)}) AS ({values}) {insert}", [*params, *insert_params]
         )
@@ -543,7 +544,7 @@ def messages_claim(
             "received_at": timezone.now(),
         },
     )
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection) as cursor:
         cursor.execute(
             f"WITH due (id, status) AS ({due_sql}), "
             f"moved AS (UPDATE {table} SET status = %s, status_changed_at = CAST(%s AS {dated}), "

@@ -326,3 +326,26 @@ def test_a_batch_costs_the_same_statements_for_three_emails_as_for_twenty(
     few = _statements_to_send(3, "few", make_campaign, add_contacts, follow_up)
     many = _statements_to_send(20, "many", make_campaign, add_contacts, follow_up)
     assert len(many) == len(few), "\n".join(q[:160] for q in many)
+
+
+def test_the_sender_prepares_its_per_batch_statements_once(
+    smtp_server, make_campaign, add_contacts, settings
+):
+    # Batches of two: the claim, the batch read, the limits' count and the outcome's writes
+    # run three times each, prepared once on the connection.
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements: PostgreSQL")
+    settings.LEADCENTER_BATCH_SIZE = 2
+    add_contacts(*(f"p{i}@example.test" for i in range(6)))
+    run = launch_and_send(make_campaign())
+
+    assert run.recipients.filter(status="sent").count() == 6
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE from_sql = false")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    assert sum("SKIP LOCKED" in statement for statement in prepared) == 1  # the claim
+    assert sum("= ANY(CAST($1 AS bigint[]))" in statement for statement in prepared) >= 1
+    assert sum("claimed_at" in s and "count(*)" in s for s in prepared) == 1  # the limits
+    assert sum("UPDATE" in s and "campaigns_recipient" in s for s in prepared) == 1
