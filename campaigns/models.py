@@ -82,6 +82,33 @@ class SendingAccount(models.Model):
         return formataddr((self.from_name, self.from_email)) if self.from_name else self.from_email
 
 
+class AccountUsage(models.Model):
+    """What a sending account has claimed (attempts: a retry counts again, as it does at the
+    provider), counted by the sender in the transaction of each claim, so that its limits cost
+    two small reads whatever the day's volume instead of a count of the day's emails. One row
+    per day (`start`: midnight in the account's time zone) for the daily limit, kept as the
+    account's history; one per second for the per-minute limit, dropped after two minutes."""
+
+    class Span(models.TextChoices):
+        DAY = "day", "Day"
+        SECOND = "second", "Second"
+
+    account = models.ForeignKey(SendingAccount, on_delete=models.CASCADE, related_name="usage")
+    span = models.CharField(max_length=6, choices=Span.choices)
+    start = models.DateTimeField()
+    claimed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "span", "start"], name="account_usage_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.span} {self.start:%Y-%m-%d %H:%M:%S}: {self.claimed}"
+
+
 class Campaign(models.Model):
     class State(models.TextChoices):
         DRAFT = "draft", "Draft"

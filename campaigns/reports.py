@@ -29,16 +29,19 @@ from django.db.models import (
     OuterRef,
     Q,
     QuerySet,
+    Subquery,
     Sum,
     Value,
     When,
 )
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from campaigns.models import (
     HARD_REJECTION_MASK,
     REJECTION_BITS,
     SOFT_REJECTION_MASK,
+    AccountUsage,
     Campaign,
     CampaignRun,
     Message,
@@ -632,8 +635,8 @@ def accounts_with_stats(
     accounts: QuerySet[SendingAccount], *, now: datetime | None = None
 ) -> QuerySet[SendingAccount]:
     """Each account with its sent emails (lifetime, last 30 days), attempts and successes, and
-    the attempts counted against today's quota (claimed since midnight in the account's own
-    time zone, as the dispatcher counts them): one grouped query, whatever the page shows."""
+    the claims counted against today's quota (since midnight in the account's own time zone:
+    the counter the dispatcher reads, AccountUsage): one query, whatever the page shows."""
     now = now or timezone.now()
     zones = set(SendingAccount.objects.values_list("timezone", flat=True).distinct())
     probe = SendingAccount(timezone="UTC")
@@ -641,18 +644,22 @@ def accounts_with_stats(
     for zone in zones:
         probe.timezone = zone
         day_starts[zone] = account_day_start(probe, now)
+    # The daily limit's counter (AccountUsage): the row of the account's own today.
     today = Case(
         *(When(timezone=zone, then=Value(start)) for zone, start in day_starts.items()),
         default=Value(account_day_start(SendingAccount(timezone="UTC"), now)),
     )
+    used_today = AccountUsage.objects.filter(
+        account=OuterRef("pk"), span=AccountUsage.Span.DAY, start=OuterRef("_today")
+    ).values("claimed")[:1]
     attempted = Count("messages", filter=Q(messages__status__in=ATTEMPTED_STATUSES))
     succeeded = Count("messages", filter=Q(messages__status__in=SUCCESS_STATUSES))
-    return accounts.annotate(
+    return accounts.alias(_today=today).annotate(
         _sent_total=Count("messages", filter=Q(messages__sent_at__isnull=False)),
         _sent_30_days=Count("messages", filter=Q(messages__sent_at__gte=now - timedelta(days=30))),
         _attempted=attempted,
         _succeeded=succeeded,
-        _used_today=Count("messages", filter=Q(messages__claimed_at__gte=today)),
+        _used_today=Coalesce(Subquery(used_today), 0),
         _success_rate=Case(
             When(_attempted=0, then=Value(None, output_field=FloatField())),
             default=ExpressionWrapper(

@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from campaigns.models import CampaignRun, Message, Recipient, SendingAccount
+from campaigns.models import AccountUsage, CampaignRun, Message, Recipient, SendingAccount
 from leadcenter.database import prepared_cursor
 
 S = Message.Status
@@ -45,36 +45,37 @@ def account_day_start(account: SendingAccount, now: datetime) -> datetime:
 
 def account_capacity(account: SendingAccount, now: datetime) -> int:
     """How many messages the account may still attempt right now (daily and per-minute limits,
-    counted from the database so a restart cannot reset them). Each count stops at its limit:
-    the sender asks before every batch, and a day's claims run into the thousands."""
+    counted from the database so a restart cannot reset them): two reads of the counters the
+    sender keeps as it claims (AccountUsage, services.account_usage_add), whatever the day's
+    volume. The minute counts the seconds that began within the last 61 seconds: a claim counts
+    for up to a second longer than a minute, never shorter, so the limit is never passed."""
     daily, per_minute = max(0, account.daily_limit), max(0, account.per_minute_limit)
     if not daily or not per_minute:
         return 0
-    quote = connection.ops.quote_name
-    table = quote(Message._meta.db_table)
-    account_column = quote(Message._meta.get_field("account").column)
-    claimed = quote(Message._meta.get_field("claimed_at").column)
-    # By message_account_claimed (account, claimed_at): a range of it, at most `limit` long.
-    window = (
-        f"(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {account_column} = %s "
-        f"AND {claimed} >= %s LIMIT %s) AS w)"
-    )
+    table = connection.ops.quote_name(AccountUsage._meta.db_table)
     ops = connection.ops
     with prepared_cursor(connection) as cursor:
         cursor.execute(
-            f"SELECT {window}, {window}",
+            f"SELECT (SELECT claimed FROM {table} WHERE account_id = %s AND span = %s "
+            "AND start = %s), "
+            f"(SELECT SUM(claimed) FROM {table} WHERE account_id = %s AND span = %s "
+            "AND start > %s)",
             [
                 account.pk,
+                AccountUsage.Span.DAY,
                 ops.adapt_datetimefield_value(account_day_start(account, now)),
-                daily,
                 account.pk,
-                # Claimed within the last minute (claimed_at > now - 1 minute).
-                ops.adapt_datetimefield_value(now - timedelta(minutes=1) + timedelta.resolution),
-                per_minute,
+                AccountUsage.Span.SECOND,
+                ops.adapt_datetimefield_value(now - MINUTE_COUNTED),
             ],
         )
         today, minute = cursor.fetchone()
-    return max(0, min(daily - today, per_minute - minute))
+    return max(0, min(daily - (today or 0), per_minute - (minute or 0)))
+
+
+# The seconds whose claims count against the per-minute limit: those that began within this
+# much of now (a claim at 12:00:00.9 is in the second of 12:00:00, counted until 12:01:00.999).
+MINUTE_COUNTED = timedelta(seconds=61)
 
 
 def accounts_with_due_messages(now: datetime) -> list[SendingAccount]:

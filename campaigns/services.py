@@ -25,7 +25,15 @@ from psycopg.types.datetime import TimestamptzLoader
 
 from campaigns import selectors
 from campaigns.mail import OutgoingEmail, RenderError, TemplateCache, compose, envelope_sender
-from campaigns.models import Campaign, CampaignRun, CampaignStep, Message, Recipient, SendingAccount
+from campaigns.models import (
+    AccountUsage,
+    Campaign,
+    CampaignRun,
+    CampaignStep,
+    Message,
+    Recipient,
+    SendingAccount,
+)
 from campaigns.smtp import AccountError, EspSession, Reply, SmtpSession, session_for
 from contacts.models import Contact, Suppression
 from leadcenter.database import prepared_cursor
@@ -423,6 +431,7 @@ def messages_claim(
         claimed = tracking_claim(due=due, limit=limit, occurred_at=now, picking=picking)
         if not claimed:
             return []
+        account_usage_add(account=account, now=now, claimed=len(claimed))
         messages = _claimed_load(claimed)
         # Steps and runs are few per batch: one instance each, shared by the batch's messages.
         steps = _load_by_id([(CampaignStep, None)], {m.step_id for m in messages})
@@ -438,6 +447,36 @@ def messages_claim(
         message.step = steps[message.step_id]
         message.run = runs[message.run_id]
     return messages
+
+
+def account_usage_add(*, account: SendingAccount, now: datetime, claimed: int) -> None:
+    """Count a claim against the account's limits (selectors.account_capacity reads them): its
+    day's row and its second's, in the claim's transaction, so a claim and its count commit
+    together. Seconds older than two minutes go (the per-minute limit reads the last 61)."""
+    table = connection.ops.quote_name(AccountUsage._meta.db_table)
+    ops = connection.ops
+    day = ops.adapt_datetimefield_value(selectors.account_day_start(account, now))
+    second = ops.adapt_datetimefield_value(now.replace(microsecond=0))
+    old = ops.adapt_datetimefield_value(now - _SECONDS_KEPT)
+    add = (
+        f"INSERT INTO {table} (account_id, span, start, claimed) VALUES (%s, %s, %s, %s), "
+        "(%s, %s, %s, %s) ON CONFLICT (account_id, span, start) "
+        f"DO UPDATE SET claimed = {table}.claimed + excluded.claimed"
+    )
+    params = [account.pk, AccountUsage.Span.DAY, day, claimed]
+    params += [account.pk, AccountUsage.Span.SECOND, second, claimed]
+    drop = f"DELETE FROM {table} WHERE account_id = %s AND span = %s AND start < %s"
+    drop_params = [account.pk, AccountUsage.Span.SECOND, old]
+    with prepared_cursor(connection) as cursor:
+        if connection.vendor == "postgresql":
+            # One round trip; the old seconds first, then the two rows in one order.
+            cursor.execute(f"WITH gone AS ({drop}) {add}", [*drop_params, *params])
+        else:
+            cursor.execute(drop, drop_params)
+            cursor.execute(add, params)
+
+
+_SECONDS_KEPT = timedelta(minutes=2)
 
 
 def _due(account_id: int, due_by: datetime):

@@ -29,8 +29,14 @@ from campaigns.models import (
     RunTally,
     SendingAccount,
 )
-from campaigns.selectors import in_doubt_cutoff, run_progress
-from campaigns.services import campaign_launch, dispatch_due, follow_ups_queue, run_prepare
+from campaigns.selectors import account_capacity, in_doubt_cutoff, run_progress
+from campaigns.services import (
+    account_usage_add,
+    campaign_launch,
+    dispatch_due,
+    follow_ups_queue,
+    run_prepare,
+)
 from contacts.models import Contact, Suppression
 from leadcenter.factories import (
     MessageFactory,
@@ -752,18 +758,21 @@ def test_the_success_rate_bands(rate, band):
 
 def test_todays_quota_counts_from_midnight_in_the_accounts_time_zone(superuser_client):
     # 23:30 UTC yesterday is already today in Tokyo, not in UTC.
-    tokyo = SendingAccountFactory(name="Tokyo", timezone="Asia/Tokyo")
-    utc = SendingAccountFactory(name="London", timezone="UTC")
+    tokyo = SendingAccountFactory(name="Tokyo", timezone="Asia/Tokyo", per_minute_limit=10_000)
+    utc = SendingAccountFactory(name="London", timezone="UTC", per_minute_limit=10_000)
     now = timezone.now().replace(hour=12, minute=0)
     late = (now - timedelta(days=1)).replace(hour=23, minute=30)
     for account in (tokyo, utc):
-        message = MessageFactory(account=account, recipient__account=account)
-        Message.objects.filter(pk=message.pk).update(claimed_at=late)
+        # One email claimed at 23:30 UTC yesterday (as the sender counts a claim).
+        account_usage_add(account=account, now=late, claimed=1)
 
     rows = {a.name: a for a in reports.accounts_with_stats(SendingAccount.objects.all(), now=now)}
 
     assert rows["Tokyo"]._used_today == 1
     assert rows["London"]._used_today == 0
+    # The page and the dispatcher read the same counter.
+    assert account_capacity(tokyo, now) == tokyo.daily_limit - 1
+    assert account_capacity(utc, now) == utc.daily_limit
 
 
 # --- the counters follow every write ---------------------------------------------------------------

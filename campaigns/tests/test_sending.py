@@ -347,5 +347,6 @@ def test_the_sender_prepares_its_per_batch_statements_once(
         prepared = [statement for (statement,) in cursor.fetchall()]
     assert sum("SKIP LOCKED" in statement for statement in prepared) == 1  # the claim
     assert sum("= ANY(CAST($1 AS bigint[]))" in statement for statement in prepared) >= 1
-    assert sum("claimed_at" in s and "count(*)" in s for s in prepared) == 1  # the limits
+    assert sum("SUM(claimed)" in s for s in prepared) == 1  # the limits' read
+    assert sum("ON CONFLICT (account_id, span, start)" in s for s in prepared) == 1  # their count
     assert sum("UPDATE" in s and "campaigns_recipient" in s for s in prepared) == 1

@@ -204,20 +204,31 @@ def test_the_daily_limit_holds_across_passes_and_restarts(
     assert selectors.account_capacity(account, timezone.now()) == 0
 
 
-def test_the_per_minute_limit_holds(smtp_server, make_campaign, add_contacts, account):
+def test_the_per_minute_limit_holds(
+    smtp_server, make_campaign, add_contacts, account, monkeypatch
+):
     account.per_minute_limit = 3
     account.save()
-    add_contacts(*(f"r{i}@example.test" for i in range(5)))
+    add_contacts(*(f"r{i}@example.test" for i in range(6)))
     launch(make_campaign())
+    real_now = timezone.now
+    started = real_now()
 
+    def at(seconds: float) -> None:
+        monkeypatch.setattr(timezone, "now", lambda: real_now() - started + (
+            started + timedelta(seconds=seconds)
+        ))
+
+    at(0)
     dispatch_due()
     assert len(received(smtp_server)) == 3
-
-    Message.objects.filter(claimed_at__isnull=False).update(
-        claimed_at=timezone.now() - timedelta(minutes=2)
-    )
+    at(59)  # still within the minute of those three
     dispatch_due()
-    assert len(received(smtp_server)) == 5
+    assert len(received(smtp_server)) == 3
+    at(62)  # a minute (and the second they were claimed in) later
+    dispatch_due()
+    assert len(received(smtp_server)) == 6
+    assert selectors.account_capacity(account, timezone.now()) == 0
 
 
 def test_nothing_goes_out_outside_active_hours(smtp_server, make_campaign, add_contacts, account):
@@ -280,3 +291,34 @@ def test_a_run_with_email_due_that_no_account_may_send_now_waits_on_the_queue(
     dispatch_due()
     run.refresh_from_db()
     assert run.status == CampaignRun.Status.COMPLETED
+
+
+def test_the_usage_migration_counts_what_the_old_count_saw(account):
+    # Today's claims (since midnight in the account's zone) and the last two minutes' per
+    # second: what account_capacity counted from the emails before the counters.
+    import importlib
+
+    from django.apps import apps
+
+    from campaigns.models import AccountUsage
+    from leadcenter.factories import MessageFactory
+
+    migration = importlib.import_module("campaigns.migrations.0014_account_usage")
+    now = timezone.now()
+    account.per_minute_limit = account.daily_limit = 100
+    account.save()
+    claimed = [now - timedelta(seconds=5), now - timedelta(seconds=5), now - timedelta(hours=1)]
+    claimed.append(selectors.account_day_start(account, now) - timedelta(minutes=1))  # yesterday
+    for when in claimed:
+        message = MessageFactory(account=account, recipient__account=account)
+        Message.objects.filter(pk=message.pk).update(claimed_at=when)
+
+    from types import SimpleNamespace
+
+    from django.db import connection
+
+    migration.backfill(apps, SimpleNamespace(connection=connection))  # what RunPython passes
+
+    assert AccountUsage.objects.get(span="day").claimed == 3
+    assert [u.claimed for u in AccountUsage.objects.filter(span="second")] == [2]
+    assert selectors.account_capacity(account, now) == 100 - 3
