@@ -10,7 +10,11 @@ prepared beforehand by `campaign_launch(enqueue=False)` + `run_prepare` (not tim
 
 Baseline: the same N messages, composed beforehand with `campaigns.mail.compose` (the same bytes
 and envelopes the pipeline sends), sent by TWO processes with one persistent `smtplib.SMTP`
-connection each, MAIL/RCPT/DATA per message, no database. Best of two runs.
+connection each, MAIL/RCPT/DATA per message, no database.
+
+Three rounds (`--rounds`; `--quick` one), each one raw run then one pipeline run, and each side's
+best run counts: on a shared machine whose speed drifts by 20-40% within minutes, interleaving
+puts the drift on both sides, and the best run is the least disturbed one (timeit's rule).
 
 The sink advertises PIPELINING (RFC 2920), as Postfix, Exim, Gmail and Exchange do: the
 pipeline uses it (MAIL, RCPT and DATA in one write), smtplib cannot (one command, one round
@@ -25,7 +29,7 @@ Target: pipeline msgs/s >= 0.8 x raw msgs/s. The per-message cost breakdown (dat
 and their time, COMMIT, composing, the SMTP conversation, connecting) is measured inside the
 workers, from outside the code under test.
 
-    python -m bench.send_throughput [--quick] [--messages N] [--profile FILE]
+    python -m bench.send_throughput [--quick] [--messages N] [--rounds R] [--profile FILE]
 
 `--profile FILE` runs the first worker under cProfile and writes its stats to FILE. For a
 change worth a few percent, which this ratio's run-to-run noise hides, `python -m
@@ -55,6 +59,7 @@ FULL_MESSAGES = 10_000
 QUICK_MESSAGES = 1_000
 WORKERS = 2
 TARGET = 0.8
+ROUNDS = 3
 ROOT = Path(__file__).resolve().parent.parent
 
 SUBJECT = "{{ contact.first_name }}, your {{ contact.company }} pipeline review"
@@ -283,6 +288,7 @@ def run(
     messages: int | None = None,
     profile: str | None = None,
     pipelining: bool = True,
+    rounds: int | None = None,
 ) -> list[Result]:
     common.setup_django("send")
     common.migrate()
@@ -292,6 +298,7 @@ def run(
     from tracking.models import TrackingEvent
 
     n = messages or (QUICK_MESSAGES if quick else FULL_MESSAGES)
+    rounds = rounds or (1 if quick else ROUNDS)
     env = common.bench_environ()
     python = sys.executable
     say(f"== send throughput: {n:,} messages, {WORKERS} senders, one SMTP sink ==")
@@ -309,9 +316,12 @@ def run(
             size = _compose_all(run_id, Path(tmp) / "messages.pickle")
             say(f"set-up done: {n:,} queued messages of {size:,} bytes on average")
 
-            raw_runs: list[float] = []
-            raw_cpu: dict[str, float] = {}
-            for _ in range(2):
+            # Rounds of one raw run then one pipeline run, interleaved, so that a drift of the
+            # machine's speed during the benchmark weighs on both sides; each side's best run
+            # counts (as timeit's minimum: the run least disturbed by the rest of the machine).
+            raw_runs: list[tuple[float, dict[str, float]]] = []
+            pipe_runs: list[tuple[float, list[dict[str, Any]], dict[str, float], int]] = []
+            for round_ in range(rounds):
                 results, cpu = _run_senders(
                     [
                         [python, "-m", "bench.worker", "raw", "--messages",
@@ -325,37 +335,42 @@ def run(
                 refused = sum(r["refused"] for r in results)
                 if refused:
                     raise SystemExit(f"the sink refused {refused} raw messages")
-                if not raw_runs or _elapsed(results) < min(raw_runs):
-                    raw_cpu = {**cpu, "senders": sum(r["cpu_seconds"] for r in results),
-                               "seconds": _elapsed(results)}
-                raw_runs.append(_elapsed(results))
-            raw_seconds = min(raw_runs)
+                cpu.update(senders=sum(r["cpu_seconds"] for r in results),
+                           seconds=_elapsed(results))
+                raw_runs.append((_elapsed(results), cpu))
 
-            common.execute_autocommit("VACUUM ANALYZE")
-            connection.close()
-            commands = []
-            for k in range(WORKERS):
-                cmd = [python, "-m", "bench.worker", "pipeline"]
-                if profile and k == 0:
-                    cmd += ["--profile", profile]
-                commands.append(cmd)
-            workers, pipe_cpu = _run_senders(commands, env, sink.pid)
-            pipeline_seconds = _elapsed(workers)
-            pipe_cpu.update(
-                senders=sum(w["cpu_seconds"] for w in workers),
-                backends=sum(w["backend_cpu_seconds"] for w in workers),
-                seconds=pipeline_seconds,
-            )
+                if round_:
+                    run_id = _setup(n, port)  # the same queued messages again
+                common.execute_autocommit("VACUUM ANALYZE")
+                connection.close()
+                commands = []
+                for k in range(WORKERS):
+                    cmd = [python, "-m", "bench.worker", "pipeline"]
+                    if profile and k == 0 and not round_:
+                        cmd += ["--profile", profile]
+                    commands.append(cmd)
+                workers, pipe_cpu = _run_senders(commands, env, sink.pid)
+                pipe_cpu.update(
+                    senders=sum(w["cpu_seconds"] for w in workers),
+                    backends=sum(w["backend_cpu_seconds"] for w in workers),
+                    seconds=_elapsed(workers),
+                )
+                sent = Message.objects.filter(
+                    run_id=run_id, status=Message.Status.SENT
+                ).count()
+                errors = sorted({e for w in workers for e in w["account_errors"]})
+                if sent != n or errors:
+                    say(f"WARNING: {sent:,} of {n:,} messages sent; account errors: {errors}")
+                events = TrackingEvent.objects.filter(message__run_id=run_id).count()
+                pipe_runs.append((_elapsed(workers), workers, pipe_cpu, sent))
+                say(f"round {round_ + 1} of {rounds}: raw {n / raw_runs[-1][0]:,.0f} msgs/s, "
+                    f"pipeline {sent / pipe_runs[-1][0]:,.0f} msgs/s")
         finally:
             sink.terminate()
             sink.wait(timeout=10)
 
-    sent = Message.objects.filter(run_id=run_id, status=Message.Status.SENT).count()
-    events = TrackingEvent.objects.filter(message__run_id=run_id).count()
-    errors = sorted({e for w in workers for e in w["account_errors"]})
-    if sent != n or errors:
-        say(f"WARNING: {sent:,} of {n:,} messages sent; account errors: {errors}")
-
+    raw_seconds, raw_cpu = min(raw_runs, key=lambda run: run[0])
+    pipeline_seconds, workers, pipe_cpu, sent = min(pipe_runs, key=lambda run: run[0] / run[3])
     raw_rate = n / raw_seconds
     pipe_rate = sent / pipeline_seconds
     ratio = pipe_rate / raw_rate
@@ -363,13 +378,16 @@ def run(
         table(
             ["side", "messages", "seconds", "msgs/s"],
             [
-                [f"raw smtplib, {WORKERS} connections (best of 2)", n, raw_seconds, raw_rate],
-                [f"pipeline, {WORKERS} worker processes", sent, pipeline_seconds, pipe_rate],
+                [f"raw smtplib, {WORKERS} connections (best of {rounds})", n, raw_seconds,
+                 raw_rate],
+                [f"pipeline, {WORKERS} worker processes (best of {rounds})", sent,
+                 pipeline_seconds, pipe_rate],
             ],
         )
     )
-    say(f"raw runs: {', '.join(f'{s:.2f}s' for s in raw_runs)}; "
-        f"events recorded: {events:,} ({events / max(1, sent):.1f} per message)")
+    say(f"raw runs: {', '.join(f'{s:.2f}s' for s, _ in raw_runs)}; pipeline runs: "
+        f"{', '.join(f'{s:.2f}s' for s, *_ in pipe_runs)}; "
+        f"events recorded (last run): {events:,} ({events / max(1, sent):.1f} per message)")
     _breakdown(workers, sent, 1000.0 * raw_seconds * WORKERS / n)
     _cpu_budget(raw_cpu, n, pipe_cpu, sent)
     result = Result(NAME, "pipeline msgs/s / raw smtplib msgs/s", ratio, TARGET, True)
@@ -478,12 +496,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-pipelining", action="store_true", help="the sink does not advertise PIPELINING"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help=f"raw and pipeline runs each ({ROUNDS})"
+    )
     args = parser.parse_args(argv)
     for result in run(
         quick=args.quick,
         messages=args.messages,
         profile=args.profile,
         pipelining=not args.no_pipelining,
+        rounds=args.rounds,
     ):
         say(result.line())
 
