@@ -1031,3 +1031,26 @@ def test_the_summary_says_open_tracking_is_not_reliable(superuser_client, scenar
     response = superuser_client.get(summary_url(scenario.campaign))
 
     assert b"Open tracking is not reliable" in response.content
+
+
+def test_the_counters_follow_small_and_bulk_recipient_updates(make_campaign, audience):
+    # PostgreSQL's trigger looks a small statement's owners up by id (the sender's batch of
+    # 50) and hash-joins a bulk one's (over 1,000 rows): both count the same.
+    owners = [UserFactory(), UserFactory(), None]
+    Contact.objects.bulk_create(
+        Contact(email=f"bulk{i}@example.test", owner=owners[i % 3]) for i in range(1_005)
+    )
+    audience.contacts.add(*Contact.objects.values_list("pk", flat=True))
+    run = run_prepare(run=campaign_launch(campaign=make_campaign(), enqueue=False))
+    recipients = Recipient.objects.filter(run=run).order_by("pk")
+    assert recipients.count() == 1_005
+    today = timezone.localdate()
+
+    small = recipients.values_list("pk", flat=True)[:50]
+    Recipient.objects.filter(pk__in=list(small)).update(
+        status=Recipient.Status.PARTIAL, steps_sent=1, first_sent_on=today
+    )
+    assert_tallies_match_rows()
+    recipients.update(status=Recipient.Status.SENT, steps_sent=1, first_sent_on=today)
+    assert_tallies_match_rows()
+    assert reports.tallies_by_owner(RunTally.objects.filter(run=run))  # counted at all
