@@ -361,7 +361,6 @@ def run(
                 errors = sorted({e for w in workers for e in w["account_errors"]})
                 if sent != n or errors:
                     say(f"WARNING: {sent:,} of {n:,} messages sent; account errors: {errors}")
-                events = TrackingEvent.objects.filter(message__run_id=run_id).count()
                 pipe_runs.append((_elapsed(workers), workers, pipe_cpu, sent))
                 say(f"round {round_ + 1} of {rounds}: raw {n / raw_runs[-1][0]:,.0f} msgs/s, "
                     f"pipeline {sent / pipe_runs[-1][0]:,.0f} msgs/s")
@@ -369,6 +368,7 @@ def run(
             sink.terminate()
             sink.wait(timeout=10)
 
+    events = TrackingEvent.objects.filter(message__run_id=run_id).count()  # the last run's
     raw_seconds, raw_cpu = min(raw_runs, key=lambda run: run[0])
     pipeline_seconds, workers, pipe_cpu, sent = min(pipe_runs, key=lambda run: run[0] / run[3])
     raw_rate = n / raw_seconds

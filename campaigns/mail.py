@@ -272,10 +272,8 @@ def compose(
     thread: list[str] | None = None,
     cache: TemplateCache,
     subject_prefix: str = "",
-    envelope_from: str | None = None,
 ) -> OutgoingEmail:
-    """The full email for one message. `thread` lists the Message-IDs of earlier steps;
-    `envelope_from`: the MAIL FROM envelope_sender() gives, when the caller has it already."""
+    """The full email for one message. `thread` lists the Message-IDs of earlier steps."""
     if not _ADDRESS.match(recipient_email):
         raise RenderError(f"not an email address: {recipient_email!r}")
     base, secret = settings.LEADCENTER_BASE_URL, settings.SECRET_KEY
@@ -312,7 +310,7 @@ def compose(
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
     return OutgoingEmail(
-        envelope_from=envelope_from or envelope_sender(account, message_pk, secret=secret),
+        envelope_from=envelope_sender(account, message_pk, secret=secret),
         recipient=recipient_email,
         data=build_message(headers, text, html),
     )

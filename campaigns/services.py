@@ -24,7 +24,7 @@ from django.utils import timezone
 from psycopg.types.datetime import TimestamptzLoader
 
 from campaigns import selectors
-from campaigns.mail import OutgoingEmail, RenderError, TemplateCache, compose, envelope_sender
+from campaigns.mail import OutgoingEmail, RenderError, TemplateCache, compose
 from campaigns.models import (
     AccountUsage,
     Campaign,
@@ -421,13 +421,12 @@ def messages_claim(
     serialises write transactions). Returns them with what the send reads: recipient, contact,
     step and run (with its campaign)."""
     due_by = due_by or now
-    due = _due(account.pk, due_by)
     with transaction.atomic():
-        picking = (
-            _claim_picking(connection.alias, account.pk, due_by, limit)
-            if connection.vendor == "postgresql"
-            else None
-        )
+        if connection.vendor == "postgresql":
+            # The picking query, compiled once per pass: the queryset itself is not needed.
+            due, picking = None, _claim_picking(connection.alias, account.pk, due_by, limit)
+        else:
+            due, picking = _due(account.pk, due_by), None
         claimed = tracking_claim(due=due, limit=limit, occurred_at=now, picking=picking)
         if not claimed:
             return []
@@ -796,7 +795,6 @@ def _composed(
                 track_clicks=message.run.campaign.track_clicks,
                 thread=threads.get(message.recipient_id),
                 cache=cache,
-                envelope_from=envelope_sender(account, message.pk),
             )
         except RenderError as exc:
             _record_failure(message, f"template error: {exc}")

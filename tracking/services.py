@@ -500,7 +500,7 @@ def _events_insert_from(
 
 def messages_claim(
     *,
-    due: QuerySet,
+    due: QuerySet | None,
     limit: int,
     occurred_at: datetime,
     picking: tuple[str, tuple] | None = None,
@@ -511,8 +511,8 @@ def messages_claim(
     PostgreSQL: one statement. The rows are picked FOR UPDATE SKIP LOCKED, so two workers
     never claim the same message and neither waits for the other; the UPDATE and the events'
     INSERT ride on the same statement. `picking`: claim_picking(due, limit), when the caller
-    keeps it. Elsewhere (SQLite serialises writers): read, then messages_transition per
-    status. Call it inside the transaction that commits the claim."""
+    keeps it (`due` may then be None). Elsewhere (SQLite serialises writers): read, then
+    messages_transition per status. Call it inside the transaction that commits the claim."""
     fields = {"claimed_at": occurred_at, "attempts": F("attempts") + 1}
     connection = transaction.get_connection()
     if connection.vendor != "postgresql":
