@@ -354,12 +354,14 @@ def messages_record_accepted(
                 if field not in names
             ]
             sets += [f"{quote(field.column)} = v.{name}" for name, field in columns[2:]]
+            where, where_params = _by_ids(connection, table, [i.message_id for i in items])
             with prepared_cursor(connection) as cursor:
                 cursor.execute(
                     f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
                     f"UPDATE {table} SET {', '.join(sets)} FROM v "
-                    f"WHERE {table}.id = v.id AND {table}.status = %s RETURNING {table}.id",
-                    [*params, status, from_status],
+                    f"WHERE {table}.id = v.id AND {table}.status = %s{where} "
+                    f"RETURNING {table}.id",
+                    [*params, status, from_status, *where_params],
                 )
                 moved.update(pk for (pk,) in cursor.fetchall())
         _events_insert(
@@ -428,11 +430,12 @@ def _recipients_update(connection, accepted: list[Accepted], event_type: str) ->
             ),
         )
         sets += [f"{field.column} = v.{name}" for name, field in columns[2:]]
+        where, where_params = _by_ids(connection, table, [i.recipient_id for i in items])
         with prepared_cursor(connection) as cursor:
             cursor.execute(
                 f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
-                f"UPDATE {table} SET {', '.join(sets)} FROM v WHERE {table}.id = v.id",
-                params,
+                f"UPDATE {table} SET {', '.join(sets)} FROM v WHERE {table}.id = v.id{where}",
+                [*params, *where_params],
             )
 
 
@@ -579,6 +582,17 @@ def claim_picking(due: QuerySet, limit: int) -> tuple[str, tuple]:
     )
     connection = transaction.get_connection()
     return picked[:limit].query.get_compiler(connection=connection).as_sql()
+
+
+def _by_ids(connection, table: str, ids: list[int]) -> tuple[str, list[Any]]:
+    """PostgreSQL: `AND table.id = ANY(ids)`, for an UPDATE ... FROM a _values_list() of
+    rows. The planner cannot see how many rows the JSON holds (it assumes 100), and against a
+    table of some thousands of rows it then reads the whole table into a hash join (1.5 ms of a
+    2 ms update of 50 recipients among 10,000): the ids let it look the rows up by key.
+    SQLite plans the join by key already."""
+    if connection.vendor != "postgresql":
+        return "", []
+    return f" AND {table}.id = ANY(%s)", [ids]
 
 
 def _values_list(connection, columns, rows) -> tuple[str, list[Any]]:
