@@ -330,6 +330,11 @@ def messages_record_accepted(
     connection = transaction.get_connection()
     quote = connection.ops.quote_name
     table = quote(Message._meta.db_table)
+    # PostgreSQL: each UPDATE inserts the events of the messages it moved, in one statement
+    # (a data-modifying WITH, as the claim does). SQLite: an INSERT after the UPDATEs.
+    together = connection.vendor == "postgresql"
+    event_row = ["message", "occurred_at", "detail"]
+    event_constants = _event_constants(event_type, source, from_status, status)
     moved: set[int] = set()
     with transaction.atomic(savepoint=False):
         # Rows are grouped by the columns they set (an ESP reply may carry its own id).
@@ -337,15 +342,25 @@ def messages_record_accepted(
         for item in accepted:
             groups.setdefault(tuple(sorted(item.fields)), []).append(item)
         for names, items in groups.items():
+            fields = [(name, Message._meta.get_field(name)) for name in names]
             columns = [
                 ("id", Message._meta.pk),
                 ("occurred_at", Message._meta.get_field("status_changed_at")),
-                *((name, Message._meta.get_field(name)) for name in names),
+                *([("event_detail", TrackingEvent._meta.get_field("detail"))] if together else []),
+                *fields,
             ]
             values, params = _values_list(
                 connection,
                 columns,
-                ([i.message_id, i.occurred_at, *(i.fields[n] for n in names)] for i in items),
+                (
+                    [
+                        i.message_id,
+                        i.occurred_at,
+                        *([i.detail] if together else []),
+                        *(i.fields[n] for n in names),
+                    ]
+                    for i in items
+                ),
             )
             sets = ["status = %s", "status_changed_at = v.occurred_at"]
             sets += [
@@ -353,24 +368,39 @@ def messages_record_accepted(
                 for field, sql in _fact_columns(event_type, table, "v.occurred_at").items()
                 if field not in names
             ]
-            sets += [f"{quote(field.column)} = v.{name}" for name, field in columns[2:]]
+            sets += [f"{quote(field.column)} = v.{name}" for name, field in fields]
             where, where_params = _by_ids(connection, table, [i.message_id for i in items])
+            update = (
+                f"UPDATE {table} SET {', '.join(sets)} FROM v "
+                f"WHERE {table}.id = v.id AND {table}.status = %s{where} "
+            )
+            params += [status, from_status, *where_params]
             with prepared_cursor(connection) as cursor:
-                cursor.execute(
-                    f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
-                    f"UPDATE {table} SET {', '.join(sets)} FROM v "
-                    f"WHERE {table}.id = v.id AND {table}.status = %s{where} "
-                    f"RETURNING {table}.id",
-                    [*params, status, from_status, *where_params],
-                )
+                if together:
+                    insert, insert_params = _events_insert_from(
+                        connection, "moved", event_row, event_constants
+                    )
+                    cursor.execute(
+                        f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}), "
+                        f"moved AS ({update}RETURNING {table}.id AS message, v.occurred_at, "
+                        f"v.event_detail AS detail), events AS ({insert}) SELECT message FROM moved",
+                        [*params, *insert_params],
+                    )
+                else:
+                    cursor.execute(
+                        f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
+                        f"{update}RETURNING {table}.id",
+                        params,
+                    )
                 moved.update(pk for (pk,) in cursor.fetchall())
-        _events_insert(
-            [(i.message_id, i.occurred_at, i.detail) for i in accepted if i.message_id in moved],
-            type=event_type,
-            source=source,
-            from_status=from_status,
-            to_status=status,
-        )
+        if not together:
+            _events_insert(
+                [(i.message_id, i.occurred_at, i.detail) for i in accepted if i.message_id in moved],
+                type=event_type,
+                source=source,
+                from_status=from_status,
+                to_status=status,
+            )
         for item in accepted:
             if item.message_id not in moved:
                 message_transition(
@@ -455,13 +485,7 @@ def _events_insert(
     connection = transaction.get_connection()
     meta = TrackingEvent._meta
     per_row = ["message", "occurred_at", "detail"]
-    constants = {
-        "type": type,
-        "source": source,
-        "from_status": from_status,
-        "to_status": to_status,
-        "received_at": timezone.now(),
-    }
+    constants = _event_constants(type, source, from_status, to_status)
     values, params = _values_list(
         connection,
         [(name, meta.get_field(name)) for name in per_row],
@@ -472,6 +496,17 @@ def _events_insert(
         cursor.execute(
             f"WITH v ({', '.join(per_row)}) AS ({values}) {insert}", [*params, *insert_params]
         )
+
+
+def _event_constants(type: str, source: str, from_status: str, to_status: str) -> dict[str, Any]:
+    """What every event of a set-wise transition has in common."""
+    return {
+        "type": type,
+        "source": source,
+        "from_status": from_status,
+        "to_status": to_status,
+        "received_at": timezone.now(),
+    }
 
 
 def _events_insert_from(
