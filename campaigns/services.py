@@ -380,6 +380,7 @@ def account_send(
     session: SmtpSession | EspSession | None = None
     cache = TemplateCache()
     run_status = _RunStatusCache()
+    known = _StepsAndRuns()
     try:
         while deadline is None or time.monotonic() < deadline:
             now = timezone.now()
@@ -399,7 +400,9 @@ def account_send(
                     report.account_errors.append(str(exc))
                     account_record_failure(account=account, error=str(exc))
                     break
-            batch = messages_claim(account=account, limit=capacity, now=now, due_by=due_by)
+            batch = messages_claim(
+                account=account, limit=capacity, now=now, due_by=due_by, known=known
+            )
             if not batch:
                 break
             report.claimed += len(batch)
@@ -414,7 +417,12 @@ def account_send(
 
 
 def messages_claim(
-    *, account: SendingAccount, limit: int, now: datetime, due_by: datetime | None = None
+    *,
+    account: SendingAccount,
+    limit: int,
+    now: datetime,
+    due_by: datetime | None = None,
+    known: _StepsAndRuns | None = None,
 ) -> list[Message]:
     """Claim up to `limit` due messages of the account for this worker, committed before any
     SMTP call (tracking.services.messages_claim: FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite
@@ -433,19 +441,49 @@ def messages_claim(
         account_usage_add(account=account, now=now, claimed=len(claimed))
         messages = _claimed_load(claimed)
         # Steps and runs are few per batch: one instance each, shared by the batch's messages.
-        steps = _load_by_id([(CampaignStep, None)], {m.step_id for m in messages})
-        runs = _load_by_id(
-            [(CampaignRun, None), (Campaign, "campaign")], {m.run_id for m in messages}
+        steps, runs = (known or _StepsAndRuns()).get(
+            {m.step_id for m in messages}, {m.run_id for m in messages}
         )
-        waiting = [pk for pk, run in runs.items() if run.status == RunStatus.WAITING]
+        waiting = [
+            pk for pk in {m.run_id for m in messages} if runs[pk].status == RunStatus.WAITING
+        ]
         if waiting:
             CampaignRun.objects.filter(status=RunStatus.WAITING, pk__in=waiting).update(
                 status=RunStatus.RUNNING
             )
+            for pk in waiting:
+                runs[pk].status = RunStatus.RUNNING
     for message in messages:
         message.step = steps[message.step_id]
         message.run = runs[message.run_id]
     return messages
+
+
+class _StepsAndRuns:
+    """The steps and runs (with their campaigns) of a pass's batches, read again at most once a
+    second: batch after batch shares them, and a step's bodies are most of what a batch reads.
+    An edited step or a run's new status is seen within a second, as a pause is
+    (_RunStatusCache)."""
+
+    ttl = 1.0
+
+    def __init__(self) -> None:
+        self.steps: dict[int, CampaignStep] = {}
+        self.runs: dict[int, CampaignRun] = {}
+        self._read_at = -self.ttl
+
+    _now = staticmethod(time.monotonic)
+
+    def get(
+        self, step_ids: set[int], run_ids: set[int]
+    ) -> tuple[dict[int, CampaignStep], dict[int, CampaignRun]]:
+        if self._now() - self._read_at >= self.ttl:
+            self.steps, self.runs, self._read_at = {}, {}, self._now()
+        if missing := step_ids - self.steps.keys():
+            self.steps.update(_load_by_id([(CampaignStep, None)], missing))
+        if missing := run_ids - self.runs.keys():
+            self.runs.update(_load_by_id([(CampaignRun, None), (Campaign, "campaign")], missing))
+        return self.steps, self.runs
 
 
 def account_usage_add(*, account: SendingAccount, now: datetime, claimed: int) -> None:

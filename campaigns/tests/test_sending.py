@@ -350,3 +350,40 @@ def test_the_sender_prepares_its_per_batch_statements_once(
     assert sum("SUM(claimed)" in s for s in prepared) == 1  # the limits' read
     assert sum("ON CONFLICT (account_id, span, start)" in s for s in prepared) == 1  # their count
     assert sum("UPDATE" in s and "campaigns_recipient" in s for s in prepared) == 1
+
+
+@pytest.mark.parametrize("seconds_later", [0.0, 1.5], ids=["same second", "a second later"])
+def test_a_step_edited_during_a_pass_goes_out_as_edited_within_a_second(
+    smtp_server, make_campaign, add_contacts, monkeypatch, seconds_later
+):
+    # The sender reads a pass's steps and runs once a second, not for every batch: an edit
+    # made while a pass sends shows in the batches claimed from a second after it on.
+    from campaigns import services
+
+    add_contacts("ada@example.test", "bob@example.test", "cy@example.test")
+    campaign = make_campaign(name="Edited")
+    run_prepare(run=campaign_launch(campaign=campaign, enqueue=False))
+    step = campaign.steps.get()
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(services._StepsAndRuns, "_now", staticmethod(lambda: clock["now"]))
+    send_batch = services._send_batch
+
+    def edit_after_the_first_batch(account, session, batch, *args):
+        report = send_batch(account, session, batch, *args)
+        if step.subject.startswith("Step"):
+            step.subject = "Edited for {{ contact.first_name }}"
+            step.save(update_fields=["subject"])
+            clock["now"] += seconds_later
+        return report
+
+    monkeypatch.setattr(services, "_send_batch", edit_after_the_first_batch)
+    services.account_send(account=campaign.accounts.get(), batch_size=1)
+
+    subjects = [
+        message_from_bytes(delivery.data, policy=policy.default)["Subject"]
+        for email in ("ada@example.test", "bob@example.test", "cy@example.test")
+        for delivery in smtp_server.handler.received_by(email)
+    ]
+    assert len(subjects) == 3
+    edited = sum(subject.startswith("Edited for ") for subject in subjects)
+    assert edited == (2 if seconds_later else 0)
