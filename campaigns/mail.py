@@ -26,6 +26,11 @@ from tracking import tokens
 _ENGINE = Engine(autoescape=True)
 _HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+# The same, case-sensitive, for ASCII HTML lower-cased first (same length, same offsets): a
+# case-insensitive pattern cannot use re's fast search for its literal start. Over the send
+# benchmark's 3 KB body: 14 us to find the links, against 3 us with the lower-casing.
+_HREF_LOWER = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"']+)\2""")
+_BODY_END_LOWER = re.compile(r"</body\s*>")
 # One address, no display name, no spaces or angle brackets: what may go in RCPT TO.
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
@@ -144,25 +149,35 @@ def tracking_url(kind: str, token: str, base: str | None = None) -> str:
 
 
 def _rewrite_links(html: str, message_pk: int, base: str, secret: str) -> str:
+    """Every absolute http(s) link but our own, as a click-tracking URL."""
     own = base + "/t/"
-
-    def replace(match: re.Match) -> str:
-        url = match.group(3)
+    found = _HREF_LOWER.finditer(html.lower()) if html.isascii() else _HREF.finditer(html)
+    pieces, done = [], 0
+    for match in found:
+        start, end = match.span(3)
+        url = html[start:end]
         if url.startswith(own):
-            return match.group(0)
-        tracked = tracking_url(
-            tokens.CLICK, tokens.make_click_token(message_pk, url, secret=secret), base
+            continue
+        pieces += (
+            html[done:start],
+            tracking_url(
+                tokens.CLICK, tokens.make_click_token(message_pk, url, secret=secret), base
+            ),
         )
-        return f"{match.group(1)}{match.group(2)}{tracked}{match.group(2)}"
-
-    return _HREF.sub(replace, html)
+        done = end
+    if not pieces:
+        return html
+    pieces.append(html[done:])
+    return "".join(pieces)
 
 
 def _add_pixel(html: str, message_pk: int, base: str, secret: str) -> str:
+    """The open pixel, before the first </body>, or at the end."""
     src = tracking_url(tokens.OPEN, tokens.make_token(tokens.OPEN, message_pk, secret=secret), base)
     pixel = f'<img src="{src}" width="1" height="1" alt="" style="display:none">'
-    if _BODY_END.search(html):
-        return _BODY_END.sub(lambda m: pixel + m.group(0), html, count=1)
+    end = _BODY_END_LOWER.search(html.lower()) if html.isascii() else _BODY_END.search(html)
+    if end:
+        return html[: end.start()] + pixel + html[end.start() :]
     return html + pixel
 
 

@@ -135,3 +135,37 @@ def test_a_part_holding_the_boundary_is_quoted_printable(monkeypatch):
     assert plain["Content-Transfer-Encoding"] == "quoted-printable"
     assert html["Content-Transfer-Encoding"] == "7bit"
     assert plain.get_content().replace("\r\n", "\n") == text
+
+
+@pytest.mark.parametrize("accent", ["", " Café"], ids=["ASCII", "non-ASCII"])
+def test_links_are_tracked_and_the_pixel_placed_whatever_the_case_of_the_markup(accent, settings):
+    # ASCII HTML is searched lower-cased (a faster search); any other the case-insensitive way:
+    # the same links found, the same text kept around them, the pixel before the first </body>.
+    from campaigns.mail import _add_pixel, _rewrite_links
+    from tracking import tokens
+
+    base = settings.LEADCENTER_BASE_URL
+    own = f"{base}/t/u/kept/"
+    html = (
+        f"<HTML><Body><p>Hi{accent}</p>"
+        "<A HREF = 'HTTPS://Example.test/Path?Q=A'>one</A>"
+        '<a href="http://x.test/">two</a> <a href="mailto:a@b.test">mail</a>'
+        f'<a href="{own}">own</a> <a href="/relative">rel</a>'
+        "</BODY ><p>after</p></body></HTML>"
+    )
+
+    tracked = _add_pixel(_rewrite_links(html, 42, base, "s3cret"), 42, base, "s3cret")
+
+    def click(url: str) -> str:
+        token = tokens.make_click_token(42, url, secret="s3cret")
+        return f"{base}/t/c/{token}/"
+
+    open_src = f"{base}/t/o/{tokens.make_token(tokens.OPEN, 42, secret='s3cret')}.gif"
+    assert tracked == (
+        f"<HTML><Body><p>Hi{accent}</p>"
+        f"<A HREF = '{click('HTTPS://Example.test/Path?Q=A')}'>one</A>"
+        f'<a href="{click("http://x.test/")}">two</a> <a href="mailto:a@b.test">mail</a>'
+        f'<a href="{own}">own</a> <a href="/relative">rel</a>'
+        f'<img src="{open_src}" width="1" height="1" alt="" style="display:none">'
+        "</BODY ><p>after</p></body></HTML>"
+    )
