@@ -454,9 +454,22 @@ def messages_claim(
             for pk in waiting:
                 runs[pk].status = RunStatus.RUNNING
     for message in messages:
-        message.step = steps[message.step_id]
-        message.run = runs[message.run_id]
+        _attach(message, "step", steps[message.step_id])
+        _attach(message, "run", runs[message.run_id])
     return messages
+
+
+def _attach(instance: Model, name: str, related: Model) -> None:
+    """`instance.<name> = related` for a foreign key whose id was read with the instance's
+    row, as select_related() sets it: into the relation's cache. The descriptor's __set__
+    checks the type and the database router and sets the id again (2 us, four times an
+    email)."""
+    _foreign_key(type(instance), name).set_cached_value(instance, related)
+
+
+@functools.cache
+def _foreign_key(model: type[Model], name: str):
+    return model._meta.get_field(name)
 
 
 class _StepsAndRuns:
@@ -566,8 +579,8 @@ def _claimed_load(ids: list[int]) -> list[Message]:
         extra=extra,
     )
     for (message, recipient, contact), (suppressed, next_delay) in rows:
-        recipient.contact = contact
-        message.recipient = recipient
+        _attach(recipient, "contact", contact)
+        _attach(message, "recipient", recipient)
         message.suppressed = bool(suppressed)
         message.next_step_delay = (
             delay(next_delay) if delay and next_delay is not None else next_delay
@@ -600,7 +613,7 @@ def _load_by_id(models: list[tuple[type, str | None]], ids: Iterable[int]) -> di
     for instances, _extra in _rows_load(parts, list(ids), joins=" ".join(joins)):
         first = instances[0]
         for (_model, via), instance in zip(models[1:], instances[1:], strict=True):
-            setattr(first, via, instance)
+            _attach(first, via, instance)
         loaded[first.pk] = first
     return loaded
 
