@@ -31,7 +31,8 @@ workers, from outside the code under test.
 
     python -m bench.send_throughput [--quick] [--messages N] [--rounds R] [--profile FILE]
 
-`--profile FILE` runs the first worker under cProfile and writes its stats to FILE. For a
+`--profile FILE` runs the first worker under cProfile and writes its stats to FILE;
+`BENCH_SQL_DETAIL=1` makes each worker print the dozen statements it spent most time in. For a
 change worth a few percent, which this ratio's run-to-run noise hides, `python -m
 bench.send_cpu` measures one worker's CPU per email (and its database backend's and the
 sink's), the median of several runs after a warm-up.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import smtplib
 import sys
@@ -106,6 +107,7 @@ def run_pipeline(profile: str | None) -> dict[str, Any]:
     db, commit, compose = _Meter(), _Meter(), _Meter()
     smtp_io, smtp_connect = _Meter(), _Meter()
     statements: dict[str, int] = {}
+    detail: dict[str, float] = {}
 
     def db_wrapper(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
         verb = sql.lstrip().split(None, 1)[0].upper() if sql else "?"
@@ -114,8 +116,12 @@ def run_pipeline(profile: str | None) -> dict[str, Any]:
         try:
             return execute(sql, params, many, context)
         finally:
-            db.seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            db.seconds += took
             db.calls += 1
+            if os.environ.get("BENCH_SQL_DETAIL"):
+                key = " ".join(sql.split())[:70]
+                detail[key] = detail.get(key, 0.0) + took
 
     services.compose = compose.wrap(services.compose)  # type: ignore[attr-defined]
     # The sender streams a batch: submit() sends one message and reads the previous one's
@@ -159,6 +165,9 @@ def run_pipeline(profile: str | None) -> dict[str, Any]:
     backend_cpu = process_cpu_seconds(backend_pid) - backend_cpu
     if profiler and profile:
         profiler.dump_stats(profile)
+    if detail:
+        for key, took in sorted(detail.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"SQL {took*1000:9.1f} ms  {key}", file=sys.stderr)
     return {
         "start": start,
         "end": end,

@@ -2,7 +2,7 @@
 
 Django's PostgreSQL backend binds parameters on the client (psycopg's ClientCursor): each
 statement goes as text with its values in it, and PostgreSQL parses and plans it again every
-time. The sender runs the same few statements for every batch of 50 emails (the claim, the
+time. The sender runs the same few statements for every batch of emails (the claim, the
 batch read, the limits' count, the outcome's updates), each with the same text and its values
 apart (a batch rides in one JSON or array parameter). Parsing and planning them cost as much
 as running some of them (the batch read: 1.15 ms to plan, 1.0 ms to run, on the benchmark's

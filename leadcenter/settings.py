@@ -36,7 +36,7 @@ LEADCENTER_UNSUBSCRIBE_MAILTO = env_str("LEADCENTER_UNSUBSCRIBE_MAILTO", "")
 # Sending: messages claimed per batch; first retry delay of a soft bounce (doubling each time,
 # at most six hours); consecutive failures of our own side before an account is switched off;
 # how long a claimed message may stay unanswered before it is reported as in doubt.
-LEADCENTER_BATCH_SIZE = env_int("LEADCENTER_BATCH_SIZE", 50, minimum=1)
+LEADCENTER_BATCH_SIZE = env_int("LEADCENTER_BATCH_SIZE", 100, minimum=1)
 LEADCENTER_RETRY_BASE = env_duration("LEADCENTER_RETRY_BASE", "5m")
 LEADCENTER_ACCOUNT_MAX_FAILURES = env_int("LEADCENTER_ACCOUNT_MAX_FAILURES", 5, minimum=1)
 LEADCENTER_IN_DOUBT_AFTER = env_duration("LEADCENTER_IN_DOUBT_AFTER", "15m")

@@ -14,7 +14,9 @@ from campaigns.simulator import SimulatedInternet, SimulatorServer
 from leadcenter.testing import audience_add, crash_trial
 from tests.reliability.sizes import RECIPIENTS, TRIALS
 
-BATCH = 50  # the production default (LEADCENTER_BATCH_SIZE)
+# The batch size of the figures in RELIABILITY.md (the production default was 50 then; it is
+# 100 now, LEADCENTER_BATCH_SIZE): in doubt is bounded by it whatever it is.
+BATCH = 50
 # A few addresses with a bad outcome, so every settled status occurs in the run.
 SPECIAL = ["user-unknown", "mailbox-full", "spam-block", "no-domain"]
 
