@@ -383,7 +383,8 @@ def messages_record_accepted(
                     cursor.execute(
                         f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}), "
                         f"moved AS ({update}RETURNING {table}.id AS message, v.occurred_at, "
-                        f"v.event_detail AS detail), events AS ({insert}) SELECT message FROM moved",
+                        f"v.event_detail AS detail), events AS ({insert}) "
+                        "SELECT message FROM moved",
                         [*params, *insert_params],
                     )
                 else:
@@ -395,7 +396,11 @@ def messages_record_accepted(
                 moved.update(pk for (pk,) in cursor.fetchall())
         if not together:
             _events_insert(
-                [(i.message_id, i.occurred_at, i.detail) for i in accepted if i.message_id in moved],
+                [
+                    (i.message_id, i.occurred_at, i.detail)
+                    for i in accepted
+                    if i.message_id in moved
+                ],
                 type=event_type,
                 source=source,
                 from_status=from_status,
