@@ -438,13 +438,15 @@ class Message(models.Model):
                 condition=Q(status__in=["queued", "soft_bounced"]),
                 name="message_due",
             ),
-            # In-doubt detection and today's quota.
+            # In-doubt detection.
             models.Index(
                 fields=["account", "claimed_at"],
                 condition=Q(status="sending"),
                 name="message_in_flight",
             ),
-            # Today's quota and the per-minute limit: attempts counted by claim time.
+            # The account's foreign key index (deleting an account, the Sent emails list
+            # filtered by account), and a day's attempts by claim time (migration 0014 counted
+            # them so; the limits read AccountUsage since).
             models.Index(fields=["account", "claimed_at"], name="message_account_claimed"),
             models.Index(fields=["run", "status"], name="message_run_status"),
             models.Index(fields=["status", "-created"], name="message_status_created"),
