@@ -441,12 +441,9 @@ def messages_claim(
         account_usage_add(account=account, now=now, claimed=len(claimed))
         messages = _claimed_load(claimed)
         # Steps and runs are few per batch: one instance each, shared by the batch's messages.
-        steps, runs = (known or _StepsAndRuns()).get(
-            {m.step_id for m in messages}, {m.run_id for m in messages}
-        )
-        waiting = [
-            pk for pk in {m.run_id for m in messages} if runs[pk].status == RunStatus.WAITING
-        ]
+        run_ids = {m.run_id for m in messages}
+        steps, runs = (known or _StepsAndRuns()).get({m.step_id for m in messages}, run_ids)
+        waiting = [pk for pk in run_ids if runs[pk].status == RunStatus.WAITING]
         if waiting:
             CampaignRun.objects.filter(status=RunStatus.WAITING, pk__in=waiting).update(
                 status=RunStatus.RUNNING

@@ -369,7 +369,7 @@ def messages_record_accepted(
                 if field not in names
             ]
             sets += [f"{quote(field.column)} = v.{name}" for name, field in fields]
-            where, where_params = _by_ids(connection, table, [i.message_id for i in items])
+            where, where_params = _by_ids(connection, f"{table}.id", [i.message_id for i in items])
             update = (
                 f"UPDATE {table} SET {', '.join(sets)} FROM v "
                 f"WHERE {table}.id = v.id AND {table}.status = %s{where} "
@@ -465,7 +465,7 @@ def _recipients_update(connection, accepted: list[Accepted], event_type: str) ->
             ),
         )
         sets += [f"{field.column} = v.{name}" for name, field in columns[2:]]
-        where, where_params = _by_ids(connection, table, [i.recipient_id for i in items])
+        where, where_params = _by_ids(connection, f"{table}.id", [i.recipient_id for i in items])
         with prepared_cursor(connection) as cursor:
             cursor.execute(
                 f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
@@ -624,15 +624,16 @@ def claim_picking(due: QuerySet, limit: int) -> tuple[str, tuple]:
     return picked[:limit].query.get_compiler(connection=connection).as_sql()
 
 
-def _by_ids(connection, table: str, ids: list[int]) -> tuple[str, list[Any]]:
-    """PostgreSQL: `AND table.id = ANY(ids)`, for an UPDATE ... FROM a _values_list() of
-    rows. The planner cannot see how many rows the JSON holds (it assumes 100), and against a
-    table of some thousands of rows it then reads the whole table into a hash join (1.5 ms of a
-    2 ms update of 50 recipients among 10,000): the ids let it look the rows up by key.
-    SQLite plans the join by key already."""
+def _by_ids(connection, pk: str, ids: list[int]) -> tuple[str, list[Any]]:
+    """PostgreSQL: `AND <pk> = ANY(ids)`, for every UPDATE ... FROM a _values_list() of rows
+    (`pk`: the updated table's key column, as the statement names it). The planner cannot see
+    how many rows the JSON holds (it assumes 100), and against a table of some thousands of
+    rows it then reads the whole table into a hash join (1.5 ms of a 2 ms update of 50
+    recipients among 10,000): the ids let it look the rows up by key. SQLite plans the join
+    by key already."""
     if connection.vendor != "postgresql":
         return "", []
-    return f" AND {table}.id = ANY(%s)", [ids]
+    return f" AND {pk} = ANY(%s)", [ids]
 
 
 def _values_list(connection, columns, rows) -> tuple[str, list[Any]]:
@@ -1378,19 +1379,20 @@ def _rows_update(
     updated = 0
     with connection.cursor() as cursor:
         for start in range(0, len(items), per_statement):
+            chunk = items[start : start + per_statement]
             values, params = _values_list(
                 connection,
                 columns,
-                (
-                    [pk, *(row.get(name, blank[name]) for name in ops)]
-                    for pk, row in items[start : start + per_statement]
-                ),
+                ([pk, *(row.get(name, blank[name]) for name in ops)] for pk, row in chunk),
+            )
+            by_ids, by_ids_params = _by_ids(
+                connection, f"t.{quote(meta.pk.column)}", [pk for pk, _ in chunk]
             )
             cursor.execute(
                 f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
                 f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
-                f"FROM v WHERE {' AND '.join(conditions)} RETURNING 1",
-                [*params, *head_params, *tail_params],
+                f"FROM v WHERE {' AND '.join(conditions)}{by_ids} RETURNING 1",
+                [*params, *head_params, *tail_params, *by_ids_params],
             )
             # Counted from RETURNING: Python's sqlite3 gives no rowcount for a WITH statement.
             updated += len(cursor.fetchall())
