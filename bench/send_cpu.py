@@ -8,7 +8,7 @@ through `dispatch_due()`. A warm-up run comes first (imports, compiled templates
 not counted; then the median of R runs. The sink's CPU per email is the same work in every run:
 when it moves, the machine's speed moved, and the worker's figure with it.
 
-    python -m bench.send_cpu [--messages N] [--runs R]
+    python -m bench.send_cpu [--messages N] [--runs R] [--perf FILE]
 
 To compare two versions of the code, run it on each, or swap the function under study between
 runs in one process (A B B A), which leaves the machine's drift out.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,8 +30,11 @@ from bench.common import say, table
 from bench.send_throughput import ROOT, _free_port, _setup, _wait_for_port
 
 
-def _one_run(n: int, port: int, sink_pid: int) -> tuple[float, float, float, float]:
-    """(worker, backend, sink) ms of CPU per email, and emails per second."""
+def _one_run(
+    n: int, port: int, sink_pid: int, perf: str | None = None
+) -> tuple[float, float, float, float]:
+    """(worker, backend, sink) ms of CPU per email, and emails per second. `perf`: record the
+    PostgreSQL backend's call stacks meanwhile into this file (`perf report -i FILE`)."""
     from django.db import connection
 
     from campaigns.services import dispatch_due
@@ -42,6 +46,11 @@ def _one_run(n: int, port: int, sink_pid: int) -> tuple[float, float, float, flo
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend_pid = cursor.fetchone()[0]
+    recorder = None
+    if perf:
+        command = ["perf", "record", "-g", "-q", "-o", perf, "-p", str(backend_pid)]
+        recorder = subprocess.Popen(command, stderr=subprocess.DEVNULL)  # noqa: S603
+        time.sleep(0.5)  # perf attaches
     backend = common.process_cpu_seconds(backend_pid)
     sink = common.process_cpu_seconds(sink_pid)
     cpu, wall, sent = time.process_time(), time.perf_counter(), 0
@@ -53,6 +62,9 @@ def _one_run(n: int, port: int, sink_pid: int) -> tuple[float, float, float, flo
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     backend = common.process_cpu_seconds(backend_pid) - backend
     sink = common.process_cpu_seconds(sink_pid) - sink
+    if recorder is not None:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=60)
     if sent != n:
         raise SystemExit(f"{sent:,} of {n:,} emails sent")
     per = 1000.0 / sent
@@ -63,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.send_cpu")
     parser.add_argument("--messages", type=int, default=4000, help="emails per run")
     parser.add_argument("--runs", type=int, default=5, help="runs after the warm-up")
+    parser.add_argument(
+        "--perf", metavar="FILE", help="perf record the database backend of the last run"
+    )
     args = parser.parse_args(argv)
     common.setup_django("send_cpu")
     common.migrate()
@@ -87,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             _wait_for_port(port, sink)
             _one_run(args.messages, port, sink.pid)
-            runs = [_one_run(args.messages, port, sink.pid) for _ in range(args.runs)]
+            runs = [
+                _one_run(args.messages, port, sink.pid, args.perf if k == args.runs - 1 else None)
+                for k in range(args.runs)
+            ]
         finally:
             sink.terminate()
             sink.wait(timeout=10)

@@ -20,6 +20,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,37 @@ def build_dsn(
     return dsn
 
 
+class _Smtp(SMTP):
+    """aiosmtpd's server, answering pipelined commands as Postfix and Exim do: a reply that says
+    "go on" (250) waits while the next command is already in the input, and goes with the
+    replies after it in one write, before the server would wait for input (RFC 2920 3.2
+    lets a server buffer the replies of a group, as long as it flushes before it reads and
+    would wait). A client that waits for each reply, as smtplib does, gets each at once, as
+    before; so does any other reply (a refusal, a 421 before the connection closes)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[bytes] = []
+
+    async def push(self, status) -> None:
+        response = (
+            status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+            if isinstance(status, str)
+            else status
+        )
+        self._held.append(response + b"\r\n")
+        if response.startswith(b"250") and b"\n" in self._reader._buffer:
+            return  # the next command is here: its reply goes with this one
+        replies, self._held = b"".join(self._held), []
+        self._writer.write(replies)
+        await self._writer.drain()
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _Smtp(self.handler, **self.SMTP_kwargs)
+
+
 class SimulatorServer:
     """Runs the simulator in a background thread: `with SimulatorServer() as sim: sim.port`."""
 
@@ -234,7 +266,7 @@ class SimulatorServer:
         """`smtp_options` go to aiosmtpd's SMTP server (e.g. an `authenticator`)."""
         self.handler = handler or SimulatedInternet()
         self.port = port or _free_port()
-        self.controller = Controller(
+        self.controller = _Controller(
             self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10, **smtp_options
         )
 
