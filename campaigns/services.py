@@ -917,15 +917,20 @@ def _record_sent(account: SendingAccount, accepted: list[tuple[Message, Reply, d
     rows.sort(key=lambda row: row.message_id)
 
     def record() -> None:
+        transition = {
+            "accepted": rows,
+            "from_status": S.SENDING,
+            "status": S.DELIVERED if confirms else S.SENT,
+            "event_type": E.DELIVERED if confirms else E.SENT,
+            "source": TrackingEvent.Source.SMTP,
+        }
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            # One statement, its own transaction: one round trip (messages_record_accepted).
+            messages_record_accepted(**transition, relaxed_commit=True)
+            return
         with transaction.atomic():
             _relaxed_commit()
-            messages_record_accepted(
-                accepted=rows,
-                from_status=S.SENDING,
-                status=S.DELIVERED if confirms else S.SENT,
-                event_type=E.DELIVERED if confirms else E.SENT,
-                source=TrackingEvent.Source.SMTP,
-            )
+            messages_record_accepted(**transition)
 
     def pending() -> bool:
         # After a lost connection: only those our last attempt did not record.

@@ -1,9 +1,11 @@
 """tracking.services.messages_record_accepted: a batch of accepted messages recorded set-wise
-with the same effect as one message_transition and one recipient update per message."""
+with the same effect as one message_transition and one recipient update per message, inside
+the caller's transaction, or on its own (on PostgreSQL: one statement, its own transaction)."""
 
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import Message, Recipient
@@ -11,10 +13,20 @@ from leadcenter.factories import MessageFactory
 from tracking.models import TrackingEvent
 from tracking.services import Accepted, messages_record_accepted
 
-pytestmark = pytest.mark.django_db
-
 S = Message.Status
 E = TrackingEvent.Type
+
+
+@pytest.fixture(
+    autouse=True,
+    params=[
+        pytest.param("in a transaction", marks=pytest.mark.django_db),
+        pytest.param("on its own", marks=pytest.mark.django_db(transaction=True)),
+    ],
+)
+def way(request):
+    """Each test in the caller's transaction (the test's), and outside any (committed)."""
+    return request.param
 
 
 def _message_in(status: str) -> Message:
@@ -125,3 +137,46 @@ def test_it_refuses_a_transition_outside_the_table():
             event_type=E.SENT,
             source="smtp",
         )
+
+
+def test_groups_of_different_columns_each_get_their_own_update(way, django_assert_num_queries):
+    # An ESP reply carries its id (another set of message columns); a recipient with a step
+    # left is partial, with its next step's time (another set of recipient columns).
+    esp, smtp = _message_in(S.SENDING), _message_in(S.SENDING)
+    when = timezone.now()
+    later = _accepted(smtp, when)
+    later.recipient_fields.update(
+        status=Recipient.Status.PARTIAL, next_step_at=when + timedelta(days=2)
+    )
+    rows = [_accepted(esp, when, esp_message_id="esp-9"), later]
+    first = {**later.recipient_fields, "first_sent_on": when.date()}
+    rows[1] = Accepted(**{**later.__dict__, "recipient_fields": first})
+
+    def record():
+        return messages_record_accepted(
+            accepted=rows, from_status=S.SENDING, status=S.SENT, event_type=E.SENT, source="smtp"
+        )
+
+    if way == "on its own" and connection.vendor == "postgresql":
+        with django_assert_num_queries(1):  # the updates of both groups and their events
+            moved = record()
+    else:
+        moved = record()
+
+    assert sorted(moved) == sorted([esp.pk, smtp.pk])
+    esp.refresh_from_db()
+    smtp.refresh_from_db()
+    assert (esp.status, esp.esp_message_id, smtp.status, smtp.esp_message_id) == (
+        S.SENT,
+        "esp-9",
+        S.SENT,
+        "",
+    )
+    assert TrackingEvent.objects.filter(type=E.SENT).count() == 2
+    a, b = (Recipient.objects.get(pk=m.recipient_id) for m in (esp, smtp))
+    assert (a.status, a.next_step_at, a.first_sent_on) == (Recipient.Status.SENT, None, None)
+    assert (b.status, b.next_step_at, b.first_sent_on) == (
+        Recipient.Status.PARTIAL,
+        when + timedelta(days=2),
+        when.date(),
+    )
