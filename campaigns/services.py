@@ -429,31 +429,55 @@ def messages_claim(
     serialises write transactions). Returns them with what the send reads: recipient, contact,
     step and run (with its campaign)."""
     due_by = due_by or now
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # The picking query, compiled once per pass: the queryset itself is not needed.
-            due, picking = None, _claim_picking(connection.alias, account.pk, due_by, limit)
-        else:
-            due, picking = _due(account.pk, due_by), None
-        claimed = tracking_claim(due=due, limit=limit, occurred_at=now, picking=picking)
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        # One statement, its own transaction: the claim, its events and its count against
+        # the limits (one round trip where BEGIN, the claim, the count and COMMIT are four;
+        # see tracking.services._accepted_at_once). The claimed rows are read after it.
+        with transaction.atomic():  # compiling FOR UPDATE wants a transaction; none is begun
+            picking = _claim_picking(connection.alias, account.pk, due_by, limit)
+        claimed = tracking_claim(
+            due=None,
+            limit=limit,
+            occurred_at=now,
+            picking=picking,
+            counted=_account_usage_sql(account, now, claimed="(SELECT count(*) FROM moved)"),
+        )
         if not claimed:
             return []
-        account_usage_add(account=account, now=now, claimed=len(claimed))
-        messages = _claimed_load(claimed)
-        # Steps and runs are few per batch: one instance each, shared by the batch's messages.
-        run_ids = {m.run_id for m in messages}
-        steps, runs = (known or _StepsAndRuns()).get({m.step_id for m in messages}, run_ids)
-        waiting = [pk for pk in run_ids if runs[pk].status == RunStatus.WAITING]
-        if waiting:
-            CampaignRun.objects.filter(status=RunStatus.WAITING, pk__in=waiting).update(
-                status=RunStatus.RUNNING
-            )
-            for pk in waiting:
-                runs[pk].status = RunStatus.RUNNING
+        messages, runs, steps = _claimed_ready(claimed, known)
+    else:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # The picking query, compiled once per pass: the queryset is not needed.
+                due, picking = None, _claim_picking(connection.alias, account.pk, due_by, limit)
+            else:
+                due, picking = _due(account.pk, due_by), None
+            claimed = tracking_claim(due=due, limit=limit, occurred_at=now, picking=picking)
+            if not claimed:
+                return []
+            account_usage_add(account=account, now=now, claimed=len(claimed))
+            messages, runs, steps = _claimed_ready(claimed, known)
     for message in messages:
         _attach(message, "step", steps[message.step_id])
         _attach(message, "run", runs[message.run_id])
     return messages
+
+
+def _claimed_ready(claimed: list[int], known: _StepsAndRuns | None):
+    """The claimed messages read (_claimed_load), with their steps and runs; their runs that
+    were waiting marked running."""
+    messages = _claimed_load(claimed)
+    # Steps and runs are few per batch: one instance each, shared by the batch's messages.
+    run_ids = {m.run_id for m in messages}
+    steps, runs = (known or _StepsAndRuns()).get({m.step_id for m in messages}, run_ids)
+    waiting = [pk for pk in run_ids if runs[pk].status == RunStatus.WAITING]
+    if waiting:
+        CampaignRun.objects.filter(status=RunStatus.WAITING, pk__in=waiting).update(
+            status=RunStatus.RUNNING
+        )
+        for pk in waiting:
+            runs[pk].status = RunStatus.RUNNING
+    return messages, runs, steps
 
 
 def _attach(instance: Model, name: str, related: Model) -> None:
@@ -501,26 +525,58 @@ def account_usage_add(*, account: SendingAccount, now: datetime, claimed: int) -
     day's row and its second's, in the claim's transaction, so a claim and its count commit
     together. Seconds older than two minutes go (the per-minute limit reads the last 61)."""
     table = connection.ops.quote_name(AccountUsage._meta.db_table)
-    ops = connection.ops
-    day = ops.adapt_datetimefield_value(selectors.account_day_start(account, now))
-    second = ops.adapt_datetimefield_value(now.replace(microsecond=0))
-    old = ops.adapt_datetimefield_value(now - _SECONDS_KEPT)
-    add = (
-        f"INSERT INTO {table} (account_id, span, start, claimed) VALUES (%s, %s, %s, %s), "
-        "(%s, %s, %s, %s) ON CONFLICT (account_id, span, start) "
-        f"DO UPDATE SET claimed = {table}.claimed + excluded.claimed"
-    )
-    params = [account.pk, AccountUsage.Span.DAY, day, claimed]
-    params += [account.pk, AccountUsage.Span.SECOND, second, claimed]
-    drop = f"DELETE FROM {table} WHERE account_id = %s AND span = %s AND start < %s"
-    drop_params = [account.pk, AccountUsage.Span.SECOND, old]
     with prepared_cursor(connection) as cursor:
         if connection.vendor == "postgresql":
             # One round trip; the old seconds first, then the two rows in one order.
-            cursor.execute(f"WITH gone AS ({drop}) {add}", [*drop_params, *params])
-        else:
-            cursor.execute(drop, drop_params)
-            cursor.execute(add, params)
+            ctes, params = _account_usage_sql(account, now, claimed="%s")
+            cursor.execute(f"WITH {ctes} SELECT 1", [*params, claimed])
+            return
+        day, second, old = _usage_times(account, now)
+        cursor.execute(
+            f"DELETE FROM {table} WHERE account_id = %s AND span = %s AND start < %s",
+            [account.pk, AccountUsage.Span.SECOND, old],
+        )
+        cursor.execute(
+            f"INSERT INTO {table} (account_id, span, start, claimed) VALUES (%s, %s, %s, %s), "
+            "(%s, %s, %s, %s) ON CONFLICT (account_id, span, start) "
+            f"DO UPDATE SET claimed = {table}.claimed + excluded.claimed",
+            [
+                *(account.pk, AccountUsage.Span.DAY, day, claimed),
+                *(account.pk, AccountUsage.Span.SECOND, second, claimed),
+            ],
+        )
+
+
+def _usage_times(account: SendingAccount, now: datetime) -> tuple[Any, Any, Any]:
+    """The start of the account's day, the second of `now`, and the oldest second kept."""
+    ops = connection.ops
+    return (
+        ops.adapt_datetimefield_value(selectors.account_day_start(account, now)),
+        ops.adapt_datetimefield_value(now.replace(microsecond=0)),
+        ops.adapt_datetimefield_value(now - _SECONDS_KEPT),
+    )
+
+
+def _account_usage_sql(account: SendingAccount, now: datetime, *, claimed: str):
+    """PostgreSQL: account_usage_add as WITH clauses, for a statement of their own or for the
+    claim's (`claimed`: the SQL of how many were claimed; nothing is counted when none)."""
+    table = connection.ops.quote_name(AccountUsage._meta.db_table)
+    day, second, old = _usage_times(account, now)
+    dated = AccountUsage._meta.get_field("start").cast_db_type(connection)
+    span = AccountUsage._meta.get_field("span").cast_db_type(connection)
+    ctes = (
+        f"usage_gone AS (DELETE FROM {table} WHERE account_id = %s AND span = %s "
+        "AND start < %s), "
+        f"usage_counted AS (INSERT INTO {table} (account_id, span, start, claimed) "
+        f"SELECT %s, u.span, u.start, n.claimed FROM (VALUES (CAST(%s AS {span}), "
+        f"CAST(%s AS {dated})), (CAST(%s AS {span}), CAST(%s AS {dated}))) AS u (span, start), "
+        f"(SELECT {claimed} AS claimed) AS n WHERE n.claimed > 0 "
+        "ON CONFLICT (account_id, span, start) "
+        f"DO UPDATE SET claimed = {table}.claimed + excluded.claimed)"
+    )
+    params = [account.pk, AccountUsage.Span.SECOND, old, account.pk]
+    params += [AccountUsage.Span.DAY, day, AccountUsage.Span.SECOND, second]
+    return ctes, params
 
 
 _SECONDS_KEPT = timedelta(minutes=2)

@@ -668,6 +668,7 @@ def messages_claim(
     limit: int,
     occurred_at: datetime,
     picking: tuple[str, tuple] | None = None,
+    counted: tuple[str, list[Any]] | None = None,
 ) -> list[int]:
     """Claim up to `limit` of the `due` messages (in its order) for this worker: `sending`,
     claimed now, one more attempt, one `claimed` event each. Returns the ids claimed.
@@ -675,8 +676,12 @@ def messages_claim(
     PostgreSQL: one statement. The rows are picked FOR UPDATE SKIP LOCKED, so two workers
     never claim the same message and neither waits for the other; the UPDATE and the events'
     INSERT ride on the same statement. `picking`: claim_picking(due, limit), when the caller
-    keeps it (`due` may then be None). Elsewhere (SQLite serialises writers): read, then
-    messages_transition per status. Call it inside the transaction that commits the claim."""
+    keeps it (`due` may then be None). `counted`: more WITH clauses (and their parameters)
+    for the same statement, which may read the claimed rows from `moved` (its column
+    `message`): the caller's count of the claim, written with it. Elsewhere (SQLite
+    serialises writers): read, then messages_transition per status. Call it inside the
+    transaction that commits the claim, or, on PostgreSQL, outside one: the statement is then
+    the claim's transaction."""
     fields = {"claimed_at": occurred_at, "attempts": F("attempts") + 1}
     connection = transaction.get_connection()
     if connection.vendor != "postgresql":
@@ -716,6 +721,7 @@ def messages_claim(
             f"FROM due WHERE {table}.id = due.id AND {table}.status = due.status "
             f"RETURNING {table}.id AS message, due.status AS from_status), "
             f"events AS ({insert}) "
+            f"{', ' + counted[0] if counted else ''} "
             "SELECT message FROM moved ORDER BY message",
             [
                 *due_params,
@@ -723,6 +729,7 @@ def messages_claim(
                 _prepare(None, occurred_at, connection),
                 _prepare(None, occurred_at, connection),
                 *insert_params,
+                *(counted[1] if counted else []),
             ],
         )
         return [pk for (pk,) in cursor.fetchall()]

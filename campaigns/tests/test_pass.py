@@ -109,3 +109,21 @@ def test_a_pass_stops_at_its_message_allowance_in_the_middle_of_a_batch(
     assert (report.claimed, report.sent) == (3, 3)
     assert statuses() == {S.SENT: 3, S.QUEUED: 3}
     assert claimed_events() == 3
+
+
+def test_a_pass_counts_each_claim_against_the_limits_and_stops_at_them(
+    smtp_server, make_campaign, add_contacts
+):
+    campaign = prepared(make_campaign, add_contacts, 7)
+    account = campaign.accounts.get()
+    account.daily_limit = 5
+    account.save(update_fields=["daily_limit"])
+
+    report = services.account_send(account=account, batch_size=2)
+
+    # Batches of 2, 2 and the 1 left of the day's 5, each counted as it was claimed.
+    assert (report.claimed, report.sent) == (5, 5)
+    assert statuses() == {S.SENT: 5, S.QUEUED: 2}
+    usage = AccountUsage.objects.filter(account=account)
+    assert usage.get(span=AccountUsage.Span.DAY).claimed == 5
+    assert sum(usage.filter(span=AccountUsage.Span.SECOND).values_list("claimed", flat=True)) == 5
