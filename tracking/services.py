@@ -420,8 +420,8 @@ def _accepted_parts(
     for item in accepted:
         groups.setdefault(tuple(sorted(item.fields)), []).append(item)
     parts = []
-    for n, (names, items) in enumerate(groups.items()):
-        v, moved = ("v", "moved") if not (suffix or n) else (f"v{suffix}{n}", f"moved{suffix}{n}")
+    for k, (names, items) in enumerate(groups.items()):
+        v, moved = ("v", "moved") if not (suffix or k) else (f"v{suffix}{k}", f"moved{suffix}{k}")
         fields = [(name, Message._meta.get_field(name)) for name in names]
         columns = [
             ("id", Message._meta.pk),
@@ -464,7 +464,7 @@ def _accepted_parts(
             values_cte,
             f"{moved} AS ({update}RETURNING {table}.id AS message, {v}.occurred_at, "
             f"{v}.event_detail AS detail)",
-            f"events{suffix}{n if suffix or n else ''} AS ({insert})",
+            f"events{suffix}{k if suffix or k else ''} AS ({insert})",
         ]
         parts.append((ctes, [*params, *insert_params], f"SELECT message FROM {moved}"))
     return parts
@@ -562,8 +562,8 @@ def _recipients_parts(
     for item in sorted(latest.values(), key=lambda i: i.recipient_id):  # lock order: by id
         groups.setdefault(tuple(sorted(item.recipient_fields)), []).append(item)
     parts = []
-    for n, (names, items) in enumerate(groups.items()):
-        v = f"v{suffix}{n}" if suffix else "v"
+    for k, (names, items) in enumerate(groups.items()):
+        v = f"v{suffix}{k}" if suffix else "v"
         facts = [f"{f} = COALESCE({table}.{f}, {v}.occurred_at)" for f in first_seen if f]
         if not names and not facts:
             continue
