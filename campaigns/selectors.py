@@ -52,25 +52,44 @@ def account_capacity(account: SendingAccount, now: datetime) -> int:
     daily, per_minute = max(0, account.daily_limit), max(0, account.per_minute_limit)
     if not daily or not per_minute:
         return 0
-    table = connection.ops.quote_name(AccountUsage._meta.db_table)
-    ops = connection.ops
+    sql, params = _used_sql(account, now)
     with prepared_cursor(connection) as cursor:
-        cursor.execute(
-            f"SELECT (SELECT claimed FROM {table} WHERE account_id = %s AND span = %s "
-            "AND start = %s), "
-            f"(SELECT SUM(claimed) FROM {table} WHERE account_id = %s AND span = %s "
-            "AND start > %s)",
-            [
-                account.pk,
-                AccountUsage.Span.DAY,
-                ops.adapt_datetimefield_value(account_day_start(account, now)),
-                account.pk,
-                AccountUsage.Span.SECOND,
-                ops.adapt_datetimefield_value(now - MINUTE_COUNTED),
-            ],
-        )
+        cursor.execute(f"SELECT {sql}", params)
         today, minute = cursor.fetchone()
     return max(0, min(daily - (today or 0), per_minute - (minute or 0)))
+
+
+def account_capacity_sql(account: SendingAccount, now: datetime) -> tuple[str, list]:
+    """account_capacity() as an SQL expression, for a statement that claims: read by that
+    statement, after the lock it waited for (campaigns.services.messages_claim)."""
+    daily, per_minute = max(0, account.daily_limit), max(0, account.per_minute_limit)
+    if not daily or not per_minute:
+        return "0", []
+    sql, params = _used_sql(account, now)
+    today, minute = sql.split(", ", 1)
+    return (
+        f"GREATEST(0, LEAST(%s - COALESCE({today}, 0), %s - COALESCE({minute}, 0)))",
+        [daily, *params[:3], per_minute, *params[3:]],
+    )
+
+
+def _used_sql(account: SendingAccount, now: datetime) -> tuple[str, list]:
+    """SQL of two values: what the account claimed today, and in the last minute's seconds."""
+    table = connection.ops.quote_name(AccountUsage._meta.db_table)
+    ops = connection.ops
+    return (
+        f"(SELECT claimed FROM {table} WHERE account_id = %s AND span = %s AND start = %s), "
+        f"(SELECT SUM(claimed) FROM {table} WHERE account_id = %s AND span = %s "
+        "AND start > %s)",
+        [
+            account.pk,
+            AccountUsage.Span.DAY,
+            ops.adapt_datetimefield_value(account_day_start(account, now)),
+            account.pk,
+            AccountUsage.Span.SECOND,
+            ops.adapt_datetimefield_value(now - MINUTE_COUNTED),
+        ],
+    )
 
 
 # The seconds whose claims count against the per-minute limit: those that began within this

@@ -386,7 +386,13 @@ def account_send(
             now = timezone.now()
             if not selectors.account_is_within_hours(account, now):
                 break
-            capacity = min(batch_size, selectors.account_capacity(account, now))
+            if session is None or not _claims_capped():
+                capacity = min(batch_size, selectors.account_capacity(account, now))
+            else:
+                # The claim itself reads the limits, after its lock (messages_claim): the
+                # read here is only for the first batch, which it keeps from connecting to
+                # the relay of an account that may send nothing now.
+                capacity = batch_size
             if max_messages is not None:
                 capacity = min(capacity, max_messages - report.claimed)
             if capacity <= 0:
@@ -429,10 +435,13 @@ def messages_claim(
     serialises write transactions). Returns them with what the send reads: recipient, contact,
     step and run (with its campaign)."""
     due_by = due_by or now
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        # One statement, its own transaction: the claim, its events and its count against
-        # the limits (one round trip where BEGIN, the claim, the count and COMMIT are four;
-        # see tracking.services._accepted_at_once). The claimed rows are read after it.
+    if _claims_capped():
+        # One transaction in one round trip (see tracking.services._accepted_at_once): a lock
+        # that the claims of the account take in turn, then the claim, with its events and its
+        # count against the limits, taking no more than the limits leave. The claim's
+        # statement starts once the lock is had, so it reads the count of the claim before it
+        # committed: two workers of one account never pass its limits together. The claimed
+        # rows are read after it.
         with transaction.atomic():  # compiling FOR UPDATE wants a transaction; none is begun
             picking = _claim_picking(connection.alias, account.pk, due_by, limit)
         claimed = tracking_claim(
@@ -441,6 +450,8 @@ def messages_claim(
             occurred_at=now,
             picking=picking,
             counted=_account_usage_sql(account, now, claimed="(SELECT count(*) FROM moved)"),
+            capped=selectors.account_capacity_sql(account, now),
+            before=[(_CLAIM_LOCK_SQL, [_CLAIM_LOCK, account.pk])],
         )
         if not claimed:
             return []
@@ -452,6 +463,11 @@ def messages_claim(
                 due, picking = None, _claim_picking(connection.alias, account.pk, due_by, limit)
             else:
                 due, picking = _due(account.pk, due_by), None
+                # SQLite's transactions begin IMMEDIATE (settings): one claimer at a time, and
+                # the limits read again here count every claim committed before this one.
+                limit = min(limit, selectors.account_capacity(account, now))
+                if limit <= 0:
+                    return []
             claimed = tracking_claim(due=due, limit=limit, occurred_at=now, picking=picking)
             if not claimed:
                 return []
@@ -461,6 +477,18 @@ def messages_claim(
         _attach(message, "step", steps[message.step_id])
         _attach(message, "run", runs[message.run_id])
     return messages
+
+
+def _claims_capped() -> bool:
+    """The claim reads the limits itself, under a lock per account (PostgreSQL, outside a
+    transaction of the caller's). Elsewhere the sender reads them before each claim, and on
+    SQLite again inside the claim's transaction, which has the database's write lock."""
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+# The claims of an account take this advisory lock in turn, for their transaction.
+_CLAIM_LOCK = 0x1EAD  # the lock's first key: the sender's claims; the second: the account
+_CLAIM_LOCK_SQL = "SELECT pg_advisory_xact_lock(CAST(%s AS integer), CAST(%s AS integer))"
 
 
 def _claimed_ready(claimed: list[int], known: _StepsAndRuns | None):

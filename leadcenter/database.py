@@ -44,3 +44,22 @@ def prepared_cursor(connection=None):
     if connection.queries_logged:
         return connection.make_debug_cursor(cursor)
     return connection.make_cursor(cursor)
+
+
+def in_one_round_trip(connection, statements: list[tuple[str, list]]) -> list[tuple]:
+    """PostgreSQL, outside a transaction: BEGIN, the statements and COMMIT sent together, in
+    one round trip (psycopg's pipeline mode), each statement prepared as prepared_cursor()
+    prepares it. The server still runs them one after the other: a statement that waits for
+    a lock holds back the ones after it, and each takes its snapshot when it starts (READ
+    COMMITTED), so it sees what was committed while the one before it waited. Returns the last
+    statement's rows; errors are Django's, as its cursors raise them."""
+    connection.ensure_connection()
+    conn = connection.connection
+    with connection.wrap_database_errors:
+        with conn.pipeline(), conn.transaction():
+            cursors = []
+            for sql, params in statements:
+                cursor = _Prepared(conn)
+                cursor.execute(sql, params)
+                cursors.append(cursor)
+        return cursors[-1].fetchall()

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from campaigns.models import Message, Recipient
 from contacts.services import contact_mark_invalid, contact_revalidate
-from leadcenter.database import prepared_cursor
+from leadcenter.database import in_one_round_trip, prepared_cursor
 from tracking.classification import Classification, classify_rejection
 from tracking.events import InboundEvent
 from tracking.models import Rejection, TrackingEvent
@@ -669,6 +669,8 @@ def messages_claim(
     occurred_at: datetime,
     picking: tuple[str, tuple] | None = None,
     counted: tuple[str, list[Any]] | None = None,
+    capped: tuple[str, list[Any]] | None = None,
+    before: list[tuple[str, list[Any]]] | None = None,
 ) -> list[int]:
     """Claim up to `limit` of the `due` messages (in its order) for this worker: `sending`,
     claimed now, one more attempt, one `claimed` event each. Returns the ids claimed.
@@ -678,10 +680,11 @@ def messages_claim(
     INSERT ride on the same statement. `picking`: claim_picking(due, limit), when the caller
     keeps it (`due` may then be None). `counted`: more WITH clauses (and their parameters)
     for the same statement, which may read the claimed rows from `moved` (its column
-    `message`): the caller's count of the claim, written with it. Elsewhere (SQLite
-    serialises writers): read, then messages_transition per status. Call it inside the
-    transaction that commits the claim, or, on PostgreSQL, outside one: the statement is then
-    the claim's transaction."""
+    `message`): the caller's count of the claim, written with it. `capped`: SQL of the most
+    it may claim, read by the statement itself. Elsewhere (SQLite serialises writers): read,
+    then messages_transition per status. Call it inside the transaction that commits the
+    claim, or, on PostgreSQL, outside one: then `before` (statements, such as a lock) and the
+    claim go in one transaction, in one round trip (leadcenter.database.in_one_round_trip)."""
     fields = {"claimed_at": occurred_at, "attempts": F("attempts") + 1}
     connection = transaction.get_connection()
     if connection.vendor != "postgresql":
@@ -713,25 +716,34 @@ def messages_claim(
             "received_at": timezone.now(),
         },
     )
+    # With a cap, the rows picked beyond it are only locked until the claim commits.
+    take = f", take AS (SELECT id, status FROM due LIMIT {capped[0]})" if capped else ""
+    source = "take" if capped else "due"
+    claim = (
+        f"WITH due (id, status) AS ({due_sql}){take}, "
+        f"moved AS (UPDATE {table} SET status = %s, status_changed_at = CAST(%s AS {dated}), "
+        f"claimed_at = CAST(%s AS {dated}), attempts = {table}.attempts + 1 "
+        f"FROM {source} WHERE {table}.id = {source}.id AND {table}.status = {source}.status "
+        f"RETURNING {table}.id AS message, {source}.status AS from_status), "
+        f"events AS ({insert}) "
+        f"{', ' + counted[0] if counted else ''} "
+        "SELECT message FROM moved ORDER BY message",
+        [
+            *due_params,
+            *(capped[1] if capped else []),
+            S.SENDING,
+            _prepare(None, occurred_at, connection),
+            _prepare(None, occurred_at, connection),
+            *insert_params,
+            *(counted[1] if counted else []),
+        ],
+    )
+    if before is not None and not connection.in_atomic_block:
+        return [pk for (pk,) in in_one_round_trip(connection, [*before, claim])]
     with prepared_cursor(connection) as cursor:
-        cursor.execute(
-            f"WITH due (id, status) AS ({due_sql}), "
-            f"moved AS (UPDATE {table} SET status = %s, status_changed_at = CAST(%s AS {dated}), "
-            f"claimed_at = CAST(%s AS {dated}), attempts = {table}.attempts + 1 "
-            f"FROM due WHERE {table}.id = due.id AND {table}.status = due.status "
-            f"RETURNING {table}.id AS message, due.status AS from_status), "
-            f"events AS ({insert}) "
-            f"{', ' + counted[0] if counted else ''} "
-            "SELECT message FROM moved ORDER BY message",
-            [
-                *due_params,
-                S.SENDING,
-                _prepare(None, occurred_at, connection),
-                _prepare(None, occurred_at, connection),
-                *insert_params,
-                *(counted[1] if counted else []),
-            ],
-        )
+        for sql, params in before or []:
+            cursor.execute(sql, params)
+        cursor.execute(*claim)
         return [pk for (pk,) in cursor.fetchall()]
 
 

@@ -5,12 +5,16 @@ the account's limits."""
 
 from __future__ import annotations
 
+import threading
 import time
 from email import message_from_bytes, policy
 
+import psycopg
 import pytest
+from django.db import connection
+from django.utils import timezone
 
-from campaigns import services
+from campaigns import selectors, services
 from campaigns.models import AccountUsage, Message
 from campaigns.services import campaign_launch, campaign_pause, run_prepare
 from tracking.models import TrackingEvent
@@ -127,3 +131,48 @@ def test_a_pass_counts_each_claim_against_the_limits_and_stops_at_them(
     usage = AccountUsage.objects.filter(account=account)
     assert usage.get(span=AccountUsage.Span.DAY).claimed == 5
     assert sum(usage.filter(span=AccountUsage.Span.SECOND).values_list("claimed", flat=True)) == 5
+
+
+def test_a_claim_waits_for_another_workers_claim_and_stays_within_the_limit(
+    smtp_server, make_campaign, add_contacts
+):
+    # Another worker of the same account is in the middle of its claim: it holds the
+    # account's claim lock and has counted 4 of the day's 5, not committed yet. Our pass read
+    # the limits before (nothing used) and claims at once: its claim waits, then takes 1.
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises its writers: one claim at a time already")
+    campaign = prepared(make_campaign, add_contacts, 7)
+    account = campaign.accounts.get()
+    account.daily_limit = 5
+    account.save(update_fields=["daily_limit"])
+    reports: list = []
+
+    def our_pass() -> None:
+        try:
+            reports.append(services.account_send(account=account, batch_size=10))
+        finally:
+            connection.close()
+
+    other = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    try:
+        with other.transaction():
+            other.execute(services._CLAIM_LOCK_SQL, [services._CLAIM_LOCK, account.pk])
+            services_now = timezone.now()
+            day = selectors.account_day_start(account, services_now)
+            other.execute(
+                "INSERT INTO campaigns_accountusage (account_id, span, start, claimed) "
+                "VALUES (%s, %s, %s, 4)",
+                [account.pk, AccountUsage.Span.DAY, day],
+            )
+            ours = threading.Thread(target=our_pass)
+            ours.start()
+            ours.join(timeout=1.0)
+            assert ours.is_alive(), "our claim did not wait for the other worker's"
+    finally:
+        other.close()
+    ours.join(timeout=30)
+
+    [report] = reports
+    assert (report.claimed, report.sent) == (1, 1)
+    assert statuses() == {S.SENT: 1, S.QUEUED: 6}
+    assert AccountUsage.objects.get(account=account, span=AccountUsage.Span.DAY).claimed == 5
