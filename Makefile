@@ -55,6 +55,7 @@ test-reliability: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 check: install
 	$(PY) manage.py check

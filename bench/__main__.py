@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
     width = 96
     say("=" * width)
-    say(f"SUMMARY ({'quick' if args.quick else 'full'} sizes, "
-        f"{time.monotonic() - started:.0f}s): ratios against raw baselines measured in this run")
+    say(
+        f"SUMMARY ({'quick' if args.quick else 'full'} sizes, "
+        f"{time.monotonic() - started:.0f}s): ratios against raw baselines measured in this run"
+    )
     say("-" * width)
     for line, _passed in lines:
         say(line)

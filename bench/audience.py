@@ -261,8 +261,10 @@ def _measure(n: int, repeats: int) -> SizeResult:
         f"baseline {', '.join(f'{t:.3f}s' for t in baseline)}"
     )
     if load["share"] > 0.10:
-        say(f"   NOTE: {100 * load['share']:.0f}% of the machine's CPU went to processes outside "
-            "this benchmark meanwhile: the machine was shared, these timings are noisy.")
+        say(
+            f"   NOTE: {100 * load['share']:.0f}% of the machine's CPU went to processes outside "
+            "this benchmark meanwhile: the machine was shared, these timings are noisy."
+        )
     return SizeResult(n, prepare, baseline, rows, baseline_rows)
 
 
@@ -304,31 +306,52 @@ def run(*, quick: bool = False) -> list[Result]:
         )
     say(
         table(
-            ["contacts", "recipients", "messages", "filtered", "run_prepare s", "baseline s",
-             "ratio", "same rows"],
+            [
+                "contacts",
+                "recipients",
+                "messages",
+                "filtered",
+                "run_prepare s",
+                "baseline s",
+                "ratio",
+                "same rows",
+            ],
             rows,
         )
     )
     reasons = large.rows[2]
-    say("filtered by reason (large size): " + ", ".join(
-        f"{r} {reasons.get(r, 0):,}" for r in REASON_BY_REMAINDER
-    ))
+    say(
+        "filtered by reason (large size): "
+        + ", ".join(f"{r} {reasons.get(r, 0):,}" for r in REASON_BY_REMAINDER)
+    )
     ratio = min(large.prepare) / min(large.baseline)
     scaling = min(large.prepare) / min(small.prepare)
     baseline_scaling = min(large.baseline) / min(small.baseline)
     factor = large_n // small_n
     results = [
-        Result(NAME, f"run_prepare / bare INSERT..SELECT @ {large_n:,}", ratio,
-               RATIO_TARGET, False),
-        Result(NAME, f"run_prepare {large_n:,} / {small_n:,} (x{factor} rows)", scaling,
-               SCALING_TARGET, False),
+        Result(
+            NAME, f"run_prepare / bare INSERT..SELECT @ {large_n:,}", ratio, RATIO_TARGET, False
+        ),
+        Result(
+            NAME,
+            f"run_prepare {large_n:,} / {small_n:,} (x{factor} rows)",
+            scaling,
+            SCALING_TARGET,
+            False,
+        ),
     ]
-    say(f"ratio run_prepare/baseline at {large_n:,}: {ratio:.3f} (target <= {RATIO_TARGET}) "
-        f"{results[0].verdict}")
-    say(f"scaling {small_n:,} -> {large_n:,}: {scaling:.1f}x (target <= {SCALING_TARGET:g}x; "
-        f"linear would be {factor}x) {results[1].verdict}")
-    say(f"  for comparison, the baseline's own scaling: {baseline_scaling:.1f}x (what the same "
-        "writes cost PostgreSQL as the tables outgrow its caches)")
+    say(
+        f"ratio run_prepare/baseline at {large_n:,}: {ratio:.3f} (target <= {RATIO_TARGET}) "
+        f"{results[0].verdict}"
+    )
+    say(
+        f"scaling {small_n:,} -> {large_n:,}: {scaling:.1f}x (target <= {SCALING_TARGET:g}x; "
+        f"linear would be {factor}x) {results[1].verdict}"
+    )
+    say(
+        f"  for comparison, the baseline's own scaling: {baseline_scaling:.1f}x (what the same "
+        "writes cost PostgreSQL as the tables outgrow its caches)"
+    )
     return results
 
 

@@ -191,8 +191,10 @@ def _setup(n: int, port: int) -> int:
     run = campaign_launch(campaign=campaign, enqueue=False)
     run = run_prepare(run=run)
     if run.total_recipients != n or run.total_filtered:
-        raise SystemExit(f"set-up went wrong: {run.total_recipients} recipients, "
-                         f"{run.total_filtered} filtered, expected {n} and 0")
+        raise SystemExit(
+            f"set-up went wrong: {run.total_recipients} recipients, "
+            f"{run.total_filtered} filtered, expected {n} and 0"
+        )
     return run.pk
 
 
@@ -306,10 +308,20 @@ def run(
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="lc-bench-") as tmp:
         sink = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
-            [python, "manage.py", "smtp_simulator", "--port", str(port), "--no-spread",
-             "--bounce-maildir", os.path.join(tmp, "bounces"),
-             *([] if pipelining else ["--no-pipelining"])],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            [
+                python,
+                "manage.py",
+                "smtp_simulator",
+                "--port",
+                str(port),
+                "--no-spread",
+                "--bounce-maildir",
+                os.path.join(tmp, "bounces"),
+                *([] if pipelining else ["--no-pipelining"]),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
         )
         try:
             _wait_for_port(port, sink)
@@ -325,9 +337,20 @@ def run(
             for round_ in range(rounds):
                 results, cpu = _run_senders(
                     [
-                        [python, "-m", "bench.worker", "raw", "--messages",
-                         str(Path(tmp) / "messages.pickle"), "--index", str(k),
-                         "--of", str(WORKERS), "--port", str(port)]
+                        [
+                            python,
+                            "-m",
+                            "bench.worker",
+                            "raw",
+                            "--messages",
+                            str(Path(tmp) / "messages.pickle"),
+                            "--index",
+                            str(k),
+                            "--of",
+                            str(WORKERS),
+                            "--port",
+                            str(port),
+                        ]
                         for k in range(WORKERS)
                     ],
                     env,
@@ -336,8 +359,9 @@ def run(
                 refused = sum(r["refused"] for r in results)
                 if refused:
                     raise SystemExit(f"the sink refused {refused} raw messages")
-                cpu.update(senders=sum(r["cpu_seconds"] for r in results),
-                           seconds=_elapsed(results))
+                cpu.update(
+                    senders=sum(r["cpu_seconds"] for r in results), seconds=_elapsed(results)
+                )
                 raw_runs.append((_elapsed(results), cpu))
 
                 if round_:
@@ -356,15 +380,15 @@ def run(
                     backends=sum(w["backend_cpu_seconds"] for w in workers),
                     seconds=_elapsed(workers),
                 )
-                sent = Message.objects.filter(
-                    run_id=run_id, status=Message.Status.SENT
-                ).count()
+                sent = Message.objects.filter(run_id=run_id, status=Message.Status.SENT).count()
                 errors = sorted({e for w in workers for e in w["account_errors"]})
                 if sent != n or errors:
                     say(f"WARNING: {sent:,} of {n:,} messages sent; account errors: {errors}")
                 pipe_runs.append((_elapsed(workers), workers, pipe_cpu, sent))
-                say(f"round {round_ + 1} of {rounds}: raw {n / raw_runs[-1][0]:,.0f} msgs/s, "
-                    f"pipeline {sent / pipe_runs[-1][0]:,.0f} msgs/s")
+                say(
+                    f"round {round_ + 1} of {rounds}: raw {n / raw_runs[-1][0]:,.0f} msgs/s, "
+                    f"pipeline {sent / pipe_runs[-1][0]:,.0f} msgs/s"
+                )
         finally:
             sink.terminate()
             sink.wait(timeout=10)
@@ -379,16 +403,26 @@ def run(
         table(
             ["side", "messages", "seconds", "msgs/s"],
             [
-                [f"raw smtplib, {WORKERS} connections (best of {rounds})", n, raw_seconds,
-                 raw_rate],
-                [f"pipeline, {WORKERS} worker processes (best of {rounds})", sent,
-                 pipeline_seconds, pipe_rate],
+                [
+                    f"raw smtplib, {WORKERS} connections (best of {rounds})",
+                    n,
+                    raw_seconds,
+                    raw_rate,
+                ],
+                [
+                    f"pipeline, {WORKERS} worker processes (best of {rounds})",
+                    sent,
+                    pipeline_seconds,
+                    pipe_rate,
+                ],
             ],
         )
     )
-    say(f"raw runs: {', '.join(f'{s:.2f}s' for s, _ in raw_runs)}; pipeline runs: "
+    say(
+        f"raw runs: {', '.join(f'{s:.2f}s' for s, _ in raw_runs)}; pipeline runs: "
         f"{', '.join(f'{s:.2f}s' for s, *_ in pipe_runs)}; "
-        f"events recorded (last run): {events:,} ({events / max(1, sent):.1f} per message)")
+        f"events recorded (last run): {events:,} ({events / max(1, sent):.1f} per message)"
+    )
     _breakdown(workers, sent, 1000.0 * raw_seconds * WORKERS / n)
     _cpu_budget(raw_cpu, n, pipe_cpu, sent)
     result = Result(NAME, "pipeline msgs/s / raw smtplib msgs/s", ratio, TARGET, True)
@@ -418,13 +452,16 @@ def _breakdown(workers: list[dict[str, Any]], sent: int, raw_ms_per_message: flo
         table(
             ["part", "ms/message", "share", "count/message"],
             [
-                ["database statements (round trips)", db * per, db / busy,
-                 n_statements / max(1, sent)],
+                [
+                    "database statements (round trips)",
+                    db * per,
+                    db / busy,
+                    n_statements / max(1, sent),
+                ],
                 ["COMMIT", commit * per, commit / busy, commits / max(1, sent)],
                 ["compose (render, tokens, MIME)", compose * per, compose / busy, 1.0],
                 ["SMTP MAIL/RCPT/DATA", smtp_io * per, smtp_io / busy, 1.0],
-                ["SMTP connect + QUIT", connect * per, connect / busy,
-                 connects / max(1, sent)],
+                ["SMTP connect + QUIT", connect * per, connect / busy, connects / max(1, sent)],
                 ["other Python (ORM, state machine, ...)", other * per, other / busy, ""],
                 ["total", busy * per, 1.0, ""],
                 ["raw smtplib, for comparison", raw_ms_per_message, "", 1.0],
@@ -454,31 +491,46 @@ def _cpu_budget(raw: dict[str, float], n_raw: int, pipe: dict[str, float], n_pip
         table(
             ["process", "raw", "pipeline"],
             [
-                ["senders (smtplib clients / workers)", per(raw, "senders", n_raw),
-                 per(pipe, "senders", n_pipe)],
+                [
+                    "senders (smtplib clients / workers)",
+                    per(raw, "senders", n_raw),
+                    per(pipe, "senders", n_pipe),
+                ],
                 ["PostgreSQL backends of the workers", 0.0, per(pipe, "backends", n_pipe)],
                 ["SMTP sink", per(raw, "sink", n_raw), per(pipe, "sink", n_pipe)],
-                ["PostgreSQL background (WAL writer, ...)", per(raw, "postgres", n_raw),
-                 per(pipe, "postgres", n_pipe)],
+                [
+                    "PostgreSQL background (WAL writer, ...)",
+                    per(raw, "postgres", n_raw),
+                    per(pipe, "postgres", n_pipe),
+                ],
                 ["= this benchmark", 1000.0 * _ours(raw) / n_raw, 1000.0 * _ours(pipe) / n_pipe],
-                ["everything else: other processes, kernel", other(raw, n_raw),
-                 other(pipe, n_pipe)],
+                [
+                    "everything else: other processes, kernel",
+                    other(raw, n_raw),
+                    other(pipe, n_pipe),
+                ],
                 ["machine busy", per(raw, "machine", n_raw), per(pipe, "machine", n_pipe)],
-                ["machine utilisation %",
-                 100.0 * raw["machine"] / (raw["seconds"] * cores),
-                 100.0 * pipe["machine"] / (pipe["seconds"] * cores)],
+                [
+                    "machine utilisation %",
+                    100.0 * raw["machine"] / (raw["seconds"] * cores),
+                    100.0 * pipe["machine"] / (pipe["seconds"] * cores),
+                ],
             ],
         )
     )
     for label, side in (("raw", raw), ("pipeline", pipe)):
         share = _foreign(side) / max(1e-9, side["seconds"] * cores)
         if share > 0.10:
-            say(f"NOTE: during the {label} phase {100 * share:.0f}% of the machine's CPU went "
+            say(
+                f"NOTE: during the {label} phase {100 * share:.0f}% of the machine's CPU went "
                 "to processes outside this benchmark (or the kernel): the machine was shared, "
-                "its figures are noisy.")
+                "its figures are noisy."
+            )
     estimate = _ours(raw) / n_raw / (_ours(pipe) / n_pipe)
-    say(f"CPU-bound estimate of the ratio (this benchmark's own CPU per message, raw/pipeline): "
-        f"{estimate:.3f}")
+    say(
+        f"CPU-bound estimate of the ratio (this benchmark's own CPU per message, raw/pipeline): "
+        f"{estimate:.3f}"
+    )
 
 
 def _ours(side: dict[str, float]) -> float:

@@ -183,7 +183,7 @@ def run_pipeline(profile: str | None) -> dict[str, Any]:
         profiler.dump_stats(profile)
     if detail:
         for key, took in sorted(detail.items(), key=lambda kv: -kv[1])[:12]:
-            print(f"SQL {took*1000:9.1f} ms  {key}", file=sys.stderr)
+            print(f"SQL {took * 1000:9.1f} ms  {key}", file=sys.stderr)
     return {
         "start": start,
         "end": end,

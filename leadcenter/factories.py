@@ -119,9 +119,11 @@ class MessageFactory(factory.django.DjangoModelFactory):
     recipient = factory.SubFactory(RecipientFactory)
     run = factory.LazyAttribute(lambda m: m.recipient.run)
     step = factory.LazyAttribute(
-        lambda m: CampaignStepFactory(campaign=m.recipient.run.campaign, position=1)
-        if not m.recipient.run.campaign.steps.filter(position=1).exists()
-        else m.recipient.run.campaign.steps.get(position=1)
+        lambda m: (
+            CampaignStepFactory(campaign=m.recipient.run.campaign, position=1)
+            if not m.recipient.run.campaign.steps.filter(position=1).exists()
+            else m.recipient.run.campaign.steps.get(position=1)
+        )
     )
     account = factory.LazyAttribute(lambda m: m.recipient.account)
     # As the writers of campaigns.services set it: the contact's owner.

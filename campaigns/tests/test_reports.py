@@ -957,9 +957,7 @@ def test_the_migration_gives_each_emailed_recipient_the_day_of_its_earliest_emai
     expected = {}
     for recipient in Recipient.objects.filter(run=scenario.run):
         times = [
-            m.sent_at or m.claimed_at
-            for m in recipient.messages.all()
-            if m.sent_at or m.claimed_at
+            m.sent_at or m.claimed_at for m in recipient.messages.all() if m.sent_at or m.claimed_at
         ]
         emailed = recipient.steps_sent > 0 or recipient.rejections
         day = min(times).astimezone(ZoneInfo(zone)).date() if emailed and times else None

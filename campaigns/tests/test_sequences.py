@@ -204,9 +204,7 @@ def test_the_daily_limit_holds_across_passes_and_restarts(
     assert selectors.account_capacity(account, timezone.now()) == 0
 
 
-def test_the_per_minute_limit_holds(
-    smtp_server, make_campaign, add_contacts, account, monkeypatch
-):
+def test_the_per_minute_limit_holds(smtp_server, make_campaign, add_contacts, account, monkeypatch):
     account.per_minute_limit = 3
     account.save()
     add_contacts(*(f"r{i}@example.test" for i in range(6)))
@@ -215,9 +213,9 @@ def test_the_per_minute_limit_holds(
     started = real_now()
 
     def at(seconds: float) -> None:
-        monkeypatch.setattr(timezone, "now", lambda: real_now() - started + (
-            started + timedelta(seconds=seconds)
-        ))
+        monkeypatch.setattr(
+            timezone, "now", lambda: real_now() - started + (started + timedelta(seconds=seconds))
+        )
 
     at(0)
     dispatch_due()

@@ -150,9 +150,7 @@ def test_with_pipelining_submit_returns_while_the_server_reads_the_message(pipel
         assert waiting != [] and returned_after >= 0.5
 
 
-def test_a_next_message_that_does_not_come_after_its_data_went_is_never_delivered(
-    server, session
-):
+def test_a_next_message_that_does_not_come_after_its_data_went_is_never_delivered(server, session):
     # Its MAIL, RCPT and DATA went with the content before it, and then it is not sent (the
     # worker stops): the connection closes before its content, so the server delivers
     # nothing of it, and the session goes on over a new connection.
