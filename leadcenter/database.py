@@ -15,6 +15,8 @@ settings.py changes unless DATABASE_PREPARED_STATEMENTS=false).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import psycopg
 from django.db import connection as default_connection
 
@@ -52,14 +54,19 @@ def in_one_round_trip(connection, statements: list[tuple[str, list]]) -> list[tu
     prepares it. The server still runs them one after the other: a statement that waits for
     a lock holds back the ones after it, and each takes its snapshot when it starts (READ
     COMMITTED), so it sees what was committed while the one before it waited. Returns the last
-    statement's rows; errors are Django's, as its cursors raise them."""
+    statement's rows; errors are Django's, as its cursors raise them.
+
+    With prepared statements off (settings.DATABASE_PREPARED_STATEMENTS, for a pooler that
+    cannot keep them), or a libpq without pipeline mode (before 14), the same transaction goes
+    one statement at a time, unprepared."""
     connection.ensure_connection()
     conn = connection.connection
+    together = conn.prepare_threshold is not None and psycopg.Pipeline.is_supported()
     with connection.wrap_database_errors:
-        with conn.pipeline(), conn.transaction():
+        with conn.pipeline() if together else nullcontext(), conn.transaction():
             cursors = []
             for sql, params in statements:
-                cursor = _Prepared(conn)
+                cursor = _Prepared(conn) if together else psycopg.Cursor(conn)
                 cursor.execute(sql, params)
                 cursors.append(cursor)
         return cursors[-1].fetchall()

@@ -115,9 +115,13 @@ def test_a_pass_stops_at_its_message_allowance_in_the_middle_of_a_batch(
     assert claimed_events() == 3
 
 
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "one at a time"])
 def test_a_pass_counts_each_claim_against_the_limits_and_stops_at_them(
-    smtp_server, make_campaign, add_contacts
+    smtp_server, make_campaign, add_contacts, monkeypatch, pipeline
 ):
+    # One at a time: the claim's transaction without psycopg's pipeline mode, as behind a
+    # pooler with prepared statements off (leadcenter.database.in_one_round_trip).
+    monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: pipeline))
     campaign = prepared(make_campaign, add_contacts, 7)
     account = campaign.accounts.get()
     account.daily_limit = 5
