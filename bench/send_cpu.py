@@ -17,17 +17,15 @@ runs in one process (A B B A), which leaves the machine's drift out.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 from bench import common
 from bench.common import say, table
-from bench.send_throughput import ROOT, _free_port, _setup, _wait_for_port
+from bench.send_throughput import _free_port, _setup, _wait_for_port, start_sink
 
 
 def _one_run(
@@ -84,21 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     say(f"== send CPU, one worker: {args.messages:,} emails a run, warm-up + {args.runs} runs ==")
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="lc-bench-") as tmp:
-        sink = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
-            [
-                sys.executable,
-                "manage.py",
-                "smtp_simulator",
-                "--port",
-                str(port),
-                "--no-spread",
-                "--bounce-maildir",
-                os.path.join(tmp, "bounces"),
-            ],
-            cwd=ROOT,
-            env=common.bench_environ(),
-            stdout=subprocess.DEVNULL,
-        )
+        sink = start_sink(port, tmp)
         try:
             _wait_for_port(port, sink)
             _one_run(args.messages, port, sink.pid)

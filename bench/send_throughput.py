@@ -125,6 +125,27 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_sink(port: int, tmp: str, *, pipelining: bool = True) -> subprocess.Popen:
+    """The SMTP sink, `manage.py smtp_simulator` in its own process, every address accepted;
+    wait for it with _wait_for_port()."""
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
+        [
+            sys.executable,
+            "manage.py",
+            "smtp_simulator",
+            "--port",
+            str(port),
+            "--no-spread",
+            "--bounce-maildir",
+            os.path.join(tmp, "bounces"),
+            *([] if pipelining else ["--no-pipelining"]),
+        ],
+        cwd=ROOT,
+        env=common.bench_environ(),
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -307,22 +328,7 @@ def run(
     say(f"== send throughput: {n:,} messages, {WORKERS} senders, one SMTP sink ==")
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="lc-bench-") as tmp:
-        sink = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
-            [
-                python,
-                "manage.py",
-                "smtp_simulator",
-                "--port",
-                str(port),
-                "--no-spread",
-                "--bounce-maildir",
-                os.path.join(tmp, "bounces"),
-                *([] if pipelining else ["--no-pipelining"]),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+        sink = start_sink(port, tmp, pipelining=pipelining)
         try:
             _wait_for_port(port, sink)
             run_id = _setup(n, port)

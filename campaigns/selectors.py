@@ -52,9 +52,9 @@ def account_capacity(account: SendingAccount, now: datetime) -> int:
     daily, per_minute = max(0, account.daily_limit), max(0, account.per_minute_limit)
     if not daily or not per_minute:
         return 0
-    sql, params = _used_sql(account, now)
+    (today_sql, today_params), (minute_sql, minute_params) = _used_sql(account, now)
     with prepared_cursor(connection) as cursor:
-        cursor.execute(f"SELECT {sql}", params)
+        cursor.execute(f"SELECT {today_sql}, {minute_sql}", [*today_params, *minute_params])
         today, minute = cursor.fetchone()
     return max(0, min(daily - (today or 0), per_minute - (minute or 0)))
 
@@ -65,30 +65,30 @@ def account_capacity_sql(account: SendingAccount, now: datetime) -> tuple[str, l
     daily, per_minute = max(0, account.daily_limit), max(0, account.per_minute_limit)
     if not daily or not per_minute:
         return "0", []
-    sql, params = _used_sql(account, now)
-    today, minute = sql.split(", ", 1)
+    (today_sql, today_params), (minute_sql, minute_params) = _used_sql(account, now)
     return (
-        f"GREATEST(0, LEAST(%s - COALESCE({today}, 0), %s - COALESCE({minute}, 0)))",
-        [daily, *params[:3], per_minute, *params[3:]],
+        f"GREATEST(0, LEAST(%s - COALESCE({today_sql}, 0), %s - COALESCE({minute_sql}, 0)))",
+        [daily, *today_params, per_minute, *minute_params],
     )
 
 
-def _used_sql(account: SendingAccount, now: datetime) -> tuple[str, list]:
-    """SQL of two values: what the account claimed today, and in the last minute's seconds."""
+def _used_sql(account: SendingAccount, now: datetime):
+    """SQL of what the account claimed today, and in the last minute's seconds, each with its
+    parameters."""
     table = connection.ops.quote_name(AccountUsage._meta.db_table)
     ops = connection.ops
+    day = ops.adapt_datetimefield_value(account_day_start(account, now))
+    since = ops.adapt_datetimefield_value(now - MINUTE_COUNTED)
     return (
-        f"(SELECT claimed FROM {table} WHERE account_id = %s AND span = %s AND start = %s), "
-        f"(SELECT SUM(claimed) FROM {table} WHERE account_id = %s AND span = %s "
-        "AND start > %s)",
-        [
-            account.pk,
-            AccountUsage.Span.DAY,
-            ops.adapt_datetimefield_value(account_day_start(account, now)),
-            account.pk,
-            AccountUsage.Span.SECOND,
-            ops.adapt_datetimefield_value(now - MINUTE_COUNTED),
-        ],
+        (
+            f"(SELECT claimed FROM {table} WHERE account_id = %s AND span = %s AND start = %s)",
+            [account.pk, AccountUsage.Span.DAY, day],
+        ),
+        (
+            f"(SELECT SUM(claimed) FROM {table} WHERE account_id = %s AND span = %s "
+            "AND start > %s)",
+            [account.pk, AccountUsage.Span.SECOND, since],
+        ),
     )
 
 

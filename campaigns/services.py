@@ -36,7 +36,7 @@ from campaigns.models import (
 )
 from campaigns.smtp import AccountError, EspSession, Reply, SmtpSession, session_for
 from contacts.models import Contact, Suppression
-from leadcenter.database import prepared_cursor
+from leadcenter.database import prepared_cursor, relax_commit
 from tracking.classification import classify_rejection
 from tracking.models import TrackingEvent
 from tracking.services import (
@@ -1001,20 +1001,14 @@ def _record_sent(account: SendingAccount, accepted: list[tuple[Message, Reply, d
     rows.sort(key=lambda row: row.message_id)
 
     def record() -> None:
-        transition = {
-            "accepted": rows,
-            "from_status": S.SENDING,
-            "status": S.DELIVERED if confirms else S.SENT,
-            "event_type": E.DELIVERED if confirms else E.SENT,
-            "source": TrackingEvent.Source.SMTP,
-        }
-        if connection.vendor == "postgresql" and not connection.in_atomic_block:
-            # One statement, its own transaction: one round trip (messages_record_accepted).
-            messages_record_accepted(**transition, relaxed_commit=True)
-            return
-        with transaction.atomic():
-            _relaxed_commit()
-            messages_record_accepted(**transition)
+        messages_record_accepted(
+            accepted=rows,
+            from_status=S.SENDING,
+            status=S.DELIVERED if confirms else S.SENT,
+            event_type=E.DELIVERED if confirms else E.SENT,
+            source=TrackingEvent.Source.SMTP,
+            relaxed_commit=True,
+        )
 
     def pending() -> bool:
         # After a lost connection: only those our last attempt did not record.
@@ -1155,7 +1149,7 @@ def message_record_reply(*, message: Message, account: SendingAccount, reply: Re
 
     def record() -> None:
         with transaction.atomic():
-            _relaxed_commit()
+            relax_commit()
             if classification is None:
                 confirms = account.confirms_delivery
                 message_transition(
@@ -1188,16 +1182,6 @@ def message_record_reply(*, message: Message, account: SendingAccount, reply: Re
         pending=lambda: Message.objects.filter(pk=message.pk, status=S.SENDING).exists(),
     )
     return outcome
-
-
-def _relaxed_commit() -> None:
-    """PostgreSQL: this transaction's commit does not wait for the disk. Only for outcomes: a
-    database crash can lose the last fraction of a second of them, which leaves those messages
-    in `sending` (in doubt, never resent). Claims stay fully durable: a lost claim would be a
-    resend."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def _recipient_after(

@@ -70,3 +70,18 @@ def in_one_round_trip(connection, statements: list[tuple[str, list]]) -> list[tu
                 cursor.execute(sql, params)
                 cursors.append(cursor)
         return cursors[-1].fetchall()
+
+
+# SQL: the current transaction's commit does not wait for the disk (relax_commit()).
+RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true)"
+
+
+def relax_commit(connection=None) -> None:
+    """PostgreSQL: this transaction's commit does not wait for the disk. Only for outcomes: a
+    database crash can lose the last fraction of a second of them, which leaves those messages
+    in `sending` (in doubt, never resent). Claims stay fully durable: a lost claim would be a
+    resend. A statement that is its own transaction says RELAXED_COMMIT itself."""
+    connection = connection or default_connection
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {RELAXED_COMMIT}")

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from campaigns.models import Message, Recipient
 from contacts.services import contact_mark_invalid, contact_revalidate
-from leadcenter.database import in_one_round_trip, prepared_cursor
+from leadcenter.database import RELAXED_COMMIT, in_one_round_trip, prepared_cursor, relax_commit
 from tracking.classification import Classification, classify_rejection
 from tracking.events import InboundEvent
 from tracking.models import Rejection, TrackingEvent
@@ -324,10 +324,11 @@ def messages_record_accepted(
     recipients. A message another writer moved first goes through message_transition, as it
     would have alone. Returns the ids that moved.
 
-    Inside a transaction, all of it is in that transaction. Outside one, on PostgreSQL, the
-    updates are one statement, its own transaction (_accepted_at_once), whose commit does not
-    wait for the disk with `relaxed_commit`; the messages another writer moved first go
-    through message_transition after it."""
+    Outside a transaction, on PostgreSQL, the updates are one statement, its own transaction
+    (_accepted_at_once); the messages another writer moved first go through
+    message_transition after it. Otherwise all of it is one transaction (a savepoint inside
+    the caller's). `relaxed_commit`: that transaction's commit does not wait for the disk
+    (leadcenter.database.relax_commit)."""
     if not can_transition(from_status, status):
         raise ValueError(f"{from_status} -> {status} is not a transition of a message")
     if not accepted:
@@ -343,7 +344,9 @@ def messages_record_accepted(
     # (a data-modifying WITH, as the claim does). SQLite: an INSERT after the UPDATEs.
     together = connection.vendor == "postgresql"
     moved: set[int] = set()
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic():
+        if relaxed_commit:
+            relax_commit(connection)
         for sql, params in _accepted_statements(
             connection, accepted, from_status, status, event_type, source, together=together
         ):
@@ -382,17 +385,10 @@ def _accepted_statements(
     """The UPDATEs of messages_record_accepted, one per set of columns the replies set (an ESP
     reply may carry its own id), each returning the ids it moved; `together` (PostgreSQL):
     each inserts the events of what it moved too."""
-    if not together:
-        return [
-            (f"WITH {ctes[0]} {update}RETURNING {table}.id", params)
-            for ctes, params, (update, table) in _accepted_parts(
-                connection, accepted, from_status, status, event_type, source, together=False
-            )
-        ]
     return [
         (f"WITH {', '.join(ctes)} {final}", params)
         for ctes, params, final in _accepted_parts(
-            connection, accepted, from_status, status, event_type, source, together=True
+            connection, accepted, from_status, status, event_type, source, together=together
         )
     ]
 
@@ -407,11 +403,11 @@ def _accepted_parts(
     *,
     together: bool,
     suffix: str = "",
-) -> list[tuple[list[str], list[Any], Any]]:
-    """_accepted_statements' statements in parts, one (WITH clauses, parameters, rest) per
-    group; the names of their WITH clauses end with `suffix` and the group's number. With
-    `together`, the rest is the SELECT of the ids moved (from `moved<suffix><n>`); without,
-    (the UPDATE, the table), the UPDATE reading its rows from the clause."""
+) -> list[tuple[list[str], list[Any], str]]:
+    """_accepted_statements' statements in parts, one (WITH clauses, parameters, the rest of
+    the statement) per group, the rest returning the ids moved; the names of the WITH clauses
+    end with `suffix` and the group's number. With `together`, the UPDATE is a WITH clause
+    (`moved<suffix><n>`) and the rest a SELECT from it; without, the rest is the UPDATE."""
     quote = connection.ops.quote_name
     table = quote(Message._meta.db_table)
     event_row = ["message", "occurred_at", "detail"]
@@ -429,8 +425,9 @@ def _accepted_parts(
             *([("event_detail", TrackingEvent._meta.get_field("detail"))] if together else []),
             *fields,
         ]
-        values, params = _values_list(
+        values_cte, params = _values_with(
             connection,
+            v,
             columns,
             (
                 [
@@ -455,9 +452,8 @@ def _accepted_parts(
             f"WHERE {table}.id = {v}.id AND {table}.status = %s{where} "
         )
         params += [status, from_status, *where_params]
-        values_cte = f"{v} ({', '.join(name for name, _ in columns)}) AS ({values})"
         if not together:
-            parts.append(([values_cte], params, (update, table)))
+            parts.append(([values_cte], params, f"{update}RETURNING {table}.id"))
             continue
         insert, insert_params = _events_insert_from(connection, moved, event_row, event_constants)
         ctes = [
@@ -498,10 +494,7 @@ def _accepted_at_once(
     if relaxed_commit:
         # The commit of this statement's own transaction does not wait for the disk (as SET
         # LOCAL would, which is a round trip of its own).
-        final = (
-            f"SELECT message FROM ({final}) AS moved "
-            "WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"
-        )
+        final = f"SELECT message FROM ({final}) AS moved WHERE {RELAXED_COMMIT} IS NOT NULL"
     with prepared_cursor(connection) as cursor:
         cursor.execute(f"WITH {', '.join(ctes)} {final}", params)
         return {pk for (pk,) in cursor.fetchall()}
@@ -575,8 +568,9 @@ def _recipients_parts(
             ("occurred_at", Recipient._meta.get_field("last_action_at")),
             *((name, Recipient._meta.get_field(name)) for name in names),
         ]
-        values, params = _values_list(
+        values_cte, params = _values_with(
             connection,
+            v,
             columns,
             (
                 [i.recipient_id, i.occurred_at, *(i.recipient_fields[n] for n in names)]
@@ -587,7 +581,7 @@ def _recipients_parts(
         where, where_params = _by_ids(connection, f"{table}.id", [i.recipient_id for i in items])
         parts.append(
             (
-                f"{v} ({', '.join(name for name, _ in columns)}) AS ({values})",
+                values_cte,
                 [*params, *where_params],
                 f"UPDATE {table} SET {', '.join(sets)} FROM {v} WHERE {table}.id = {v}.id{where}",
             )
@@ -612,16 +606,15 @@ def _events_insert(
     meta = TrackingEvent._meta
     per_row = ["message", "occurred_at", "detail"]
     constants = _event_constants(type, source, from_status, to_status)
-    values, params = _values_list(
+    values_cte, params = _values_with(
         connection,
+        "v",
         [(name, meta.get_field(name)) for name in per_row],
         ([pk, when, detail] for pk, when, detail in rows),
     )
     insert, insert_params = _events_insert_from(connection, "v", per_row, constants)
     with prepared_cursor(connection) as cursor:
-        cursor.execute(
-            f"WITH v ({', '.join(per_row)}) AS ({values}) {insert}", [*params, *insert_params]
-        )
+        cursor.execute(f"WITH {values_cte} {insert}", [*params, *insert_params])
 
 
 def _event_constants(type: str, source: str, from_status: str, to_status: str) -> dict[str, Any]:
@@ -774,6 +767,12 @@ def _by_ids(connection, pk: str, ids: list[int]) -> tuple[str, list[Any]]:
     if connection.vendor != "postgresql":
         return "", []
     return f" AND {pk} = ANY(%s)", [ids]
+
+
+def _values_with(connection, name: str, columns, rows) -> tuple[str, list[Any]]:
+    """_values_list() as a WITH clause named `name`, its columns named as in `columns`."""
+    values, params = _values_list(connection, columns, rows)
+    return f"{name} ({', '.join(column for column, _ in columns)}) AS ({values})", params
 
 
 def _values_list(connection, columns, rows) -> tuple[str, list[Any]]:
@@ -1521,8 +1520,9 @@ def _rows_update(
     with connection.cursor() as cursor:
         for start in range(0, len(items), per_statement):
             chunk = items[start : start + per_statement]
-            values, params = _values_list(
+            values_cte, params = _values_with(
                 connection,
+                "v",
                 columns,
                 ([pk, *(row.get(name, blank[name]) for name in ops)] for pk, row in chunk),
             )
@@ -1530,7 +1530,7 @@ def _rows_update(
                 connection, f"t.{quote(meta.pk.column)}", [pk for pk, _ in chunk]
             )
             cursor.execute(
-                f"WITH v ({', '.join(name for name, _ in columns)}) AS ({values}) "
+                f"WITH {values_cte} "
                 f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
                 f"FROM v WHERE {' AND '.join(conditions)}{by_ids} RETURNING 1",
                 [*params, *head_params, *tail_params, *by_ids_params],
