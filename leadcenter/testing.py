@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,8 +78,10 @@ def database_url() -> str:
 
 
 def send_due_worker(*, batch_size: int, **env: str) -> subprocess.Popen:
-    """`manage.py send_due --until-idle` on the test database: the dispatch a worker runs."""
-    return subprocess.Popen(
+    """`manage.py send_due --until-idle` on the test database: the dispatch a worker runs.
+    Its PostgreSQL sessions carry `worker.application_name` (libpq's PGAPPNAME)."""
+    application_name = f"leadcenter-test-worker-{uuid.uuid4().hex[:12]}"
+    worker = subprocess.Popen(
         [sys.executable, "manage.py", "send_due", "--until-idle"],
         cwd=ROOT,
         env={
@@ -86,11 +89,35 @@ def send_due_worker(*, batch_size: int, **env: str) -> subprocess.Popen:
             "DATABASE_URL": database_url(),
             "LEADCENTER_BATCH_SIZE": str(batch_size),
             "LOG_LEVEL": "WARNING",
+            "PGAPPNAME": application_name,
             **env,
         },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    worker.application_name = application_name
+    return worker
+
+
+def wait_for_sessions_to_end(worker: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait until the database has ended a dead worker's sessions. A statement the worker sent
+    just before it was killed still runs to its end in the server, and a statement that is its
+    own transaction (the record of a batch) commits: what was in flight is what is left after
+    that."""
+    if connection.vendor != "postgresql":
+        return  # SQLite has no server: a killed process's transaction is rolled back with it
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                [worker.application_name],
+            )
+            if not cursor.fetchone()[0]:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the killed worker's sessions lasted past {timeout} s")
+            time.sleep(0.01)
 
 
 def audience_add(audience: ContactList, emails: list[str]) -> None:
@@ -163,6 +190,7 @@ def crash_trial(
     time.sleep(rng.uniform(0, 0.05))
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+    wait_for_sessions_to_end(worker)
     killed_after = server.handler.accepted_count
     in_flight = Message.objects.filter(run=run, status=S.SENDING).count()
 
