@@ -9,6 +9,7 @@ import html
 import itertools
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import format_datetime, formataddr
@@ -46,6 +47,7 @@ class TemplateCache:
 
     _compiled: dict[tuple[int, str, str], Template] = field(default_factory=dict)
     _plans: dict[tuple[int, str, str], list | None] = field(default_factory=dict)
+    _tracked: dict[tuple, _TrackedHtml | None] = field(default_factory=dict)
 
     def get(self, step: CampaignStep, part: str) -> Template:
         source = getattr(step, part)
@@ -72,6 +74,18 @@ class TemplateCache:
             if rendered is not None:
                 return rendered
         return template.render(Context(context))
+
+    def tracked_html(
+        self, step: CampaignStep, base: str, clicks: bool, opens: bool
+    ) -> _TrackedHtml | None:
+        """The step's HTML body with its tracking laid out once (_TrackedHtml), or None when
+        each email's HTML must be searched for its links and end of body."""
+        key = (step.pk, step.html_body, base, clicks, opens)
+        if key not in self._tracked:
+            self.get(step, "html_body")
+            plan = self._plans[(step.pk, "html_body", step.html_body)]
+            self._tracked[key] = _TrackedHtml.lay_out(plan, base, clicks, opens)
+        return self._tracked[key]
 
 
 # Model -> names of its plain (concrete, non-relation) fields, which a template reads as
@@ -117,29 +131,37 @@ def _render_plan(plan: list, context: dict) -> str | None:
         if type(piece) is str:
             out.append(piece)
             continue
-        lookups, escape = piece
-        value = context.get(lookups[0], _MISSING)
-        for bit in lookups[1:]:
-            if not isinstance(value, Model) or callable(value):
-                return None
-            fields = _PLAIN_FIELDS.get(type(value))
-            if fields is None:
-                # Django tries value[bit] before the attribute: only for models without it.
-                fields = _PLAIN_FIELDS[type(value)] = frozenset(
-                    ()
-                    if hasattr(type(value), "__getitem__")
-                    else (f.attname for f in value._meta.concrete_fields if not f.is_relation)
-                )
-            # A loaded field's value is in the instance's __dict__ (a deferred one is not:
-            # reading it would query, so Django does that).
-            value = value.__dict__.get(bit, _MISSING) if bit in fields else _MISSING
-        if not isinstance(value, str):
+        value = _value(piece, context)
+        if value is None:
             return None
-        if escape:
-            # conditional_escape(), without its lazy-string wrapper: the same text.
-            value = value.__html__() if hasattr(value, "__html__") else html.escape(value)
         out.append(value)
     return "".join(out)
+
+
+def _value(piece: tuple, context: dict) -> str | None:
+    """A plain variable's text, escaped when its template escapes, as _render_plan renders it."""
+    lookups, escape = piece
+    value = context.get(lookups[0], _MISSING)
+    for bit in lookups[1:]:
+        if not isinstance(value, Model) or callable(value):
+            return None
+        fields = _PLAIN_FIELDS.get(type(value))
+        if fields is None:
+            # Django tries value[bit] before the attribute: only for models without it.
+            fields = _PLAIN_FIELDS[type(value)] = frozenset(
+                ()
+                if hasattr(type(value), "__getitem__")
+                else (f.attname for f in value._meta.concrete_fields if not f.is_relation)
+            )
+        # A loaded field's value is in the instance's __dict__ (a deferred one is not:
+        # reading it would query, so Django does that).
+        value = value.__dict__.get(bit, _MISSING) if bit in fields else _MISSING
+    if not isinstance(value, str):
+        return None
+    if escape:
+        # conditional_escape(), without its lazy-string wrapper: the same text.
+        return value.__html__() if hasattr(value, "__html__") else html.escape(value)
+    return value
 
 
 def tracking_url(kind: str, token: str, base: str | None = None) -> str:
@@ -148,7 +170,7 @@ def tracking_url(kind: str, token: str, base: str | None = None) -> str:
     return f"{base}/t/o/{token}.gif" if kind == tokens.OPEN else f"{base}/t/{kind}/{token}/"
 
 
-def _rewrite_links(html: str, message_pk: int, base: str, secret: str) -> str:
+def _rewrite_links(html: str, signer: tokens.MessageTokens, base: str) -> str:
     """Every absolute http(s) link but our own, as a click-tracking URL."""
     own = base + "/t/"
     found = _HREF_LOWER.finditer(html.lower()) if html.isascii() else _HREF.finditer(html)
@@ -158,12 +180,7 @@ def _rewrite_links(html: str, message_pk: int, base: str, secret: str) -> str:
         url = html[start:end]
         if url.startswith(own):
             continue
-        pieces += (
-            html[done:start],
-            tracking_url(
-                tokens.CLICK, tokens.make_click_token(message_pk, url, secret=secret), base
-            ),
-        )
+        pieces += (html[done:start], tracking_url(tokens.CLICK, signer.click(url), base))
         done = end
     if not pieces:
         return html
@@ -171,20 +188,139 @@ def _rewrite_links(html: str, message_pk: int, base: str, secret: str) -> str:
     return "".join(pieces)
 
 
-def _add_pixel(html: str, message_pk: int, base: str, secret: str) -> str:
+def _pixel(signer: tokens.MessageTokens, base: str) -> str:
+    src = tracking_url(tokens.OPEN, signer.token(tokens.OPEN), base)
+    return f'<img src="{src}" width="1" height="1" alt="" style="display:none">'
+
+
+def _add_pixel(html: str, signer: tokens.MessageTokens, base: str) -> str:
     """The open pixel, before the first </body>, or at the end."""
-    src = tracking_url(tokens.OPEN, tokens.make_token(tokens.OPEN, message_pk, secret=secret), base)
-    pixel = f'<img src="{src}" width="1" height="1" alt="" style="display:none">'
     end = _BODY_END_LOWER.search(html.lower()) if html.isascii() else _BODY_END.search(html)
     if end:
-        return html[: end.start()] + pixel + html[end.start() :]
-    return html + pixel
+        return html[: end.start()] + _pixel(signer, base) + html[end.start() :]
+    return html + _pixel(signer, base)
 
 
-def envelope_sender(account: SendingAccount, message_pk: int, *, secret: str | None = None) -> str:
+# Where a variable's value stands while a template's links and end of body are found.
+_SLOT = "\x01"
+# Text after a value that would make the value part of a link: the rest of "href=" and a quote.
+_LINK_AFTER = re.compile(r"""[a-z]*\s*(?:=\s*)?["']""", re.IGNORECASE)
+# Text before a value that would put the value in a link's URL.
+_LINK_BEFORE = re.compile(r"""href\s*=\s*["'][^"']*\Z""", re.IGNORECASE)
+# A URL that escaping leaves as it is, without quotes, spaces or markup.
+_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$()*+,;=%-]+")
+
+
+@dataclass(frozen=True)
+class _Click:
+    url: str
+
+
+_PIXEL = object()
+
+
+@dataclass(frozen=True)
+class _TrackedHtml:
+    """An HTML body made of text and plain variables, with its tracked links and the place
+    of its open pixel found once, in the template, instead of in every email: an email's HTML
+    is then its pieces joined, each link's click URL and the pixel made for its message. The
+    same HTML as rendering it and then tracking it (_rewrite_links, _add_pixel) gives; a
+    template where a value could change what is a link, or where the body ends, is not laid
+    out (lay_out gives None) and each email is searched."""
+
+    items: tuple  # str: text; tuple: a variable (_value); _Click: a link's URL; _PIXEL
+
+    @classmethod
+    def lay_out(cls, plan: list | None, base: str, clicks: bool, opens: bool):
+        if plan is None:
+            return None
+        # Our unsubscribe URL, in a link or in the text: the same for every email but its
+        # token's URL-safe letters, and a link of ours, which is never rewritten.
+        unsubscribe = f"{base}/t/{tokens.UNSUBSCRIBE}/{'A' * 24}/"
+        if not _PLAIN_URL.fullmatch(unsubscribe):
+            return None
+        text, spans, length = [], [], 0
+        for piece in plan:
+            if type(piece) is str:
+                if _SLOT in piece:
+                    return None
+                stand_in = piece
+            elif not piece[1]:  # not escaped: a value may hold markup
+                return None
+            else:
+                stand_in = unsubscribe if piece[0] == ("unsubscribe_url",) else _SLOT
+                spans.append((length, length + len(stand_in), piece))
+            text.append(stand_in)
+            length += len(stand_in)
+        html = "".join(text)
+        if not html.isascii() or not html.replace(_SLOT, ""):
+            # Only ASCII text is searched as it is; an empty text may render empty, which is
+            # not tracked at all.
+            return None
+        for at, _end, _piece in spans:
+            if html[at] == _SLOT and (
+                html.rfind("<", 0, at) > html.rfind(">", 0, at)  # inside a tag
+                or _LINK_BEFORE.search(html, 0, at)
+                or _LINK_AFTER.match(html, at + 1)
+                or html.startswith(_SLOT, at + 1)
+            ):
+                return None
+        lowered = html.lower()
+        inserts = []
+        if clicks:
+            own = base + "/t/"
+            for match in _HREF_LOWER.finditer(lowered):
+                start, end = match.span(3)
+                url = html[start:end]
+                if url.startswith(own):
+                    continue
+                if any(at < end and start < stop for at, stop, _piece in spans):
+                    return None  # a link made with a value: searched in each email
+                inserts.append((start, end, _Click(url)))
+        if opens:
+            # The first end of body left once the links are rewritten: not one in a link's URL.
+            at = next(
+                (
+                    end.start()
+                    for end in _BODY_END_LOWER.finditer(lowered)
+                    if not any(start <= end.start() < stop for start, stop, _ in inserts)
+                ),
+                len(html),
+            )
+            inserts.append((at, at, _PIXEL))
+        items, done = [], 0
+        for start, end, item in sorted(inserts + spans, key=lambda insert: insert[:2]):
+            if start > done:
+                items.append(html[done:start])
+            items.append(item)
+            done = end
+        if done < len(html):
+            items.append(html[done:])
+        return cls(tuple(items))
+
+    def render(self, context: dict, signer: tokens.MessageTokens, base: str) -> str | None:
+        """The email's HTML, tracked; None when a value is not plain text (_value)."""
+        out: list[str] = []
+        for item in self.items:
+            kind = type(item)
+            if kind is str:
+                out.append(item)
+            elif kind is tuple:
+                value = _value(item, context)
+                if value is None:
+                    return None
+                out.append(value)
+            elif item is _PIXEL:
+                out.append(_pixel(signer, base))
+            else:
+                out.append(tracking_url(tokens.CLICK, signer.click(item.url), base))
+        return "".join(out)
+
+
+def envelope_sender(account: SendingAccount, signer: tokens.MessageTokens) -> str:
     """MAIL FROM: the account's VERP address for the message, when it has a return path."""
     if account.return_path:
-        return tokens.verp_address(account.return_path, message_pk, secret=secret)
+        return signer.verp(account.return_path)
     return account.from_email
 
 
@@ -204,7 +340,16 @@ def _header(value: str) -> str:
 
 
 def _address(name: str, address: str) -> str:
-    return formataddr((" ".join(name.split()), address), charset="utf-8") if name else address
+    name = " ".join(name.split())
+    if not name:
+        return address
+    if name.isascii() and address.isascii() and not _SPECIALS.search(name):
+        return f"{name} <{address}>"  # what formataddr() gives such a name, without its work
+    return formataddr((name, address), charset="utf-8")
+
+
+# The characters that make formataddr() quote a display name (email.utils.specialsre).
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 
 
 def _text_part(subtype: str, text: str, boundary: str = "") -> bytes:
@@ -214,20 +359,26 @@ def _text_part(subtype: str, text: str, boundary: str = "") -> bytes:
     quoted-printable, which holds anything (and never "=_", the boundary's start). Most
     rendered emails are plain ASCII HTML: encoding them costs more than the rest of building
     the message, and makes them bigger."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if (
         text.isascii()
         and "\0" not in text
         and (not boundary or boundary not in text)
-        and max(map(len, text.split("\n"))) <= 998
+        and (len(text) <= 998 or max(map(len, text.split("\n"))) <= 998)
     ):
         encoding, body = "7bit", text.encode("ascii")
     else:
         encoding, body = "quoted-printable", binascii.b2a_qp(text.encode("utf-8"))
+    return _part_head(subtype, encoding) + body.replace(b"\n", b"\r\n")
+
+
+@functools.lru_cache(maxsize=8)
+def _part_head(subtype: str, encoding: str) -> bytes:
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
-    ).encode() + body.replace(b"\n", b"\r\n")
+    ).encode()
 
 
 # A MIME boundary needs only be absent from the parts: a quoted-printable body cannot hold
@@ -262,10 +413,10 @@ _date_cache: tuple[int, str] = (0, "")
 def _date_header() -> str:
     """The Date header for now, formatted once a second."""
     global _date_cache
-    now = timezone.now()
-    second = int(now.timestamp())
+    second = int(time.time())
     if _date_cache[0] != second:
-        _date_cache = (second, format_datetime(now.replace(microsecond=0)))
+        now = timezone.now()
+        _date_cache = (int(now.timestamp()), format_datetime(now.replace(microsecond=0)))
     return _date_cache[1]
 
 
@@ -291,22 +442,30 @@ def compose(
     """The full email for one message. `thread` lists the Message-IDs of earlier steps."""
     if not _ADDRESS.match(recipient_email):
         raise RenderError(f"not an email address: {recipient_email!r}")
-    base, secret = settings.LEADCENTER_BASE_URL, settings.SECRET_KEY
-    unsubscribe_token = tokens.make_token(tokens.UNSUBSCRIBE, message_pk, secret=secret)
+    base = settings.LEADCENTER_BASE_URL
+    signer = tokens.MessageTokens(message_pk, settings.SECRET_KEY)
+    unsubscribe_token = signer.token(tokens.UNSUBSCRIBE)
     unsubscribe = tracking_url(tokens.UNSUBSCRIBE, unsubscribe_token, base)
     context = {"contact": contact, "unsubscribe_url": unsubscribe, "step": step}
+    tracked = (
+        cache.tracked_html(step, base, track_clicks, track_opens)
+        if step.html_body and (track_clicks or track_opens)
+        else None
+    )
     try:
         subject = cache.render(step, "subject", context).strip()
         text = cache.render(step, "text_body", context)
-        html = cache.render(step, "html_body", context)
+        html = tracked.render(context, signer, base) if tracked else None
+        if html is None:
+            html = cache.render(step, "html_body", context)
+            if html and track_clicks:
+                html = _rewrite_links(html, signer, base)
+            if html and track_opens:
+                html = _add_pixel(html, signer, base)
     except RenderError:
         raise
     except Exception as exc:  # a template tag failing at render time
         raise RenderError(f"step {step.position}: {exc}") from exc
-    if html and track_clicks:
-        html = _rewrite_links(html, message_pk, base, secret)
-    if html and track_opens:
-        html = _add_pixel(html, message_pk, base, secret)
 
     targets = [f"<{unsubscribe}>"]
     if mailto := settings.LEADCENTER_UNSUBSCRIBE_MAILTO:
@@ -325,7 +484,7 @@ def compose(
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
     return OutgoingEmail(
-        envelope_from=envelope_sender(account, message_pk, secret=secret),
+        envelope_from=envelope_sender(account, signer),
         recipient=recipient_email,
         data=build_message(headers, text, html),
     )

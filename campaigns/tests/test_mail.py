@@ -6,6 +6,9 @@ import smtplib
 
 import pytest
 from django.template import Context
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from campaigns.mail import TemplateCache
 from campaigns.models import CampaignStep
@@ -154,7 +157,8 @@ def test_links_are_tracked_and_the_pixel_placed_whatever_the_case_of_the_markup(
         "</BODY ><p>after</p></body></HTML>"
     )
 
-    tracked = _add_pixel(_rewrite_links(html, 42, base, "s3cret"), 42, base, "s3cret")
+    signer = tokens.MessageTokens(42, "s3cret")
+    tracked = _add_pixel(_rewrite_links(html, signer, base), signer, base)
 
     def click(url: str) -> str:
         token = tokens.make_click_token(42, url, secret="s3cret")
@@ -169,3 +173,187 @@ def test_links_are_tracked_and_the_pixel_placed_whatever_the_case_of_the_markup(
         f'<img src="{open_src}" width="1" height="1" alt="" style="display:none">'
         "</BODY ><p>after</p></body></HTML>"
     )
+
+
+# HTML bodies whose tracking is laid out once per step (campaigns.mail._TrackedHtml) or, when
+# a value could change what is a link or where the body ends, searched in every email.
+BODY = (
+    "<html><body><p>Hi {{ contact.first_name }},</p>"
+    '<p><a href="https://example.test/pricing?a=1&amp;b=2">Pricing</a> and '
+    "<A HREF = 'HTTP://Example.test/Case'>case</A>, "
+    '<a href="mailto:a@b.test">mail</a> <a href="{own}x/">own</a></p>'
+    "<p>{{ contact.company }}</p></BODY ></html>"
+)
+LAID_OUT = [
+    BODY,
+    "<p>{{ contact.first_name }}</p> no end of body",
+    "{{ contact.first_name }} at the start, {{ contact.company }} in the text",
+    '<p>a quote after a value, apart: {{ contact.first_name }}, "x"</p></body>',
+    '<a href="{{ unsubscribe_url }}">ours</a> {{ unsubscribe_url }}</body>',
+]
+SEARCHED = [
+    '<a href="https://x.test/?u={{ contact.first_name }}">in a URL</a>',
+    '<a href="https://x.test/?next={{ unsubscribe_url }}">ours in another</a>',
+    '<p>{{ contact.first_name }}"https://x.test/"</p>',  # the value could end in href=
+    '<p>{{ contact.first_name }}ef = "https://x.test/"</p>',
+    '<p>href="{{ contact.first_name }}"</p>',  # the value could start a URL
+    '<img alt="{{ contact.first_name }}"></body>',
+    "</bo{{ contact.first_name }}dy>",
+    "<p>{{ contact.first_name }}{{ contact.company }}</p>",
+    "{% autoescape off %}<p>{{ contact.first_name }}</p>{% endautoescape %}",
+    "{{ contact.first_name }}",  # may render empty: then nothing is tracked
+    '<p>Café <a href="https://x.test/">x</a></p>',
+    "<p>{{ contact.first_name|upper }}</p>",
+]
+VALUES = [
+    "Ada",
+    "href=",
+    "hr",
+    "https://evil.test/",
+    '"https://evil.test/"',
+    "</body>",
+    "Zoë",
+    " = ",
+    "",
+    "two\nlines",
+    "<b>&amp;",
+]
+
+
+def _tracked_both_ways(source: str, first_name: str, clicks: bool, opens: bool, settings):
+    """(the HTML as laid out, or None; the HTML as rendered then searched) for one email."""
+    from campaigns.mail import TemplateCache, _add_pixel, _rewrite_links
+    from tracking import tokens
+
+    base = settings.LEADCENTER_BASE_URL
+    source = source.replace("{own}", f"{base}/t/u/")
+    step = CampaignStep(pk=1, position=1, subject="s", html_body=source, text_body="")
+    contact = Contact(pk=5, email="a@b.test", first_name=first_name, company="A&B <Ltd>")
+    signer = tokens.MessageTokens(77, "s3cret")
+    unsubscribe = f"{base}/t/u/{signer.token(tokens.UNSUBSCRIBE)}/"
+    context = {"contact": contact, "unsubscribe_url": unsubscribe, "step": step}
+    cache = TemplateCache()
+    tracked = cache.tracked_html(step, base, clicks, opens)
+    laid_out = tracked.render(context, signer, base) if tracked else None
+    html = cache.render(step, "html_body", context)
+    if html and clicks:
+        html = _rewrite_links(html, signer, base)
+    if html and opens:
+        html = _add_pixel(html, signer, base)
+    return laid_out, html, tracked
+
+
+@pytest.mark.parametrize("source", LAID_OUT + SEARCHED)
+@pytest.mark.parametrize("first_name", VALUES)
+@pytest.mark.parametrize(("clicks", "opens"), [(True, True), (True, False), (False, True)])
+def test_a_laid_out_body_tracks_what_searching_each_email_tracks(
+    source, first_name, clicks, opens, settings
+):
+    laid_out, searched, tracked = _tracked_both_ways(source, first_name, clicks, opens, settings)
+
+    if clicks:
+        assert (tracked is not None) == (source in LAID_OUT)
+    if laid_out is not None:
+        assert laid_out == searched
+
+
+FRAGMENTS = [
+    "{{ unsubscribe_url }}",
+    '<a href="{{ unsubscribe_url }}">',
+    "{{ contact.first_name }}",
+    "{{ contact.first_name }}",
+    "{{ contact.first_name }}",
+    '<a href="https://x.test/p">',
+    "<a href='http://y.test/'>",
+    '"',
+    "'",
+    "href",
+    "=",
+    " ",
+    "<",
+    ">",
+    "</body>",
+    "</BODY >",
+    "https://",
+    'href="',
+    "href='https://z.test/",
+    "ef=",
+    "</bo",
+    "dy>",
+    "text",
+    "<p>",
+]
+
+
+@hypothesis_settings(max_examples=600, deadline=None)
+@given(
+    st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=10),
+    st.one_of(st.sampled_from(VALUES), st.text(max_size=12)),
+)
+def test_any_body_laid_out_tracks_what_searching_tracks(fragments, first_name):
+    from django.conf import settings as django_settings
+
+    source = "".join(fragments)
+    laid_out, searched, _ = _tracked_both_ways(source, first_name, True, True, django_settings)
+
+    if laid_out is not None:
+        assert laid_out == searched
+
+
+def test_an_email_is_the_same_bytes_laid_out_or_searched(monkeypatch):
+    from campaigns import mail
+    from campaigns.models import SendingAccount
+
+    account = SendingAccount(
+        pk=1, from_email="dana@x.test", from_name="Dana", return_path="bounces@x.test"
+    )
+    step = CampaignStep(
+        pk=2, position=1, subject="Hi {{ contact.first_name }}", text_body="Hi", html_body=BODY
+    )
+    contact = Contact(pk=5, email="ada@b.test", first_name="Ada", company="A&B")
+    monkeypatch.setattr(mail, "_date_header", lambda: "Tue, 24 Nov 2026 10:00:00 +0000")
+
+    def email(cache):
+        monkeypatch.setattr(mail, "_boundaries", iter([7]))
+        return mail.compose(
+            message_pk=9,
+            message_id="<9@x.test>",
+            step=step,
+            contact=contact,
+            recipient_email="ada@b.test",
+            account=account,
+            track_opens=True,
+            track_clicks=True,
+            cache=cache,
+        )
+
+    class Searching(mail.TemplateCache):
+        def tracked_html(self, *args):
+            return None
+
+    laid_out = mail.TemplateCache()
+    assert laid_out.tracked_html(step, mail.settings.LEADCENTER_BASE_URL, True, True)
+    assert email(laid_out) == email(Searching())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Ada Lovelace",
+        "  Ada \n Lovelace ",
+        "",
+        "   ",
+        "A. Byron",
+        'Jo "Al"',
+        "O'Neil",
+        "a\\b",
+        "Zoë",
+    ],
+)
+def test_a_display_name_goes_as_formataddr_writes_it(name):
+    from email.utils import formataddr
+
+    from campaigns.mail import _address
+
+    expected = formataddr((" ".join(name.split()), "ada@x.test"), charset="utf-8")
+    assert _address(name, "ada@x.test") == (expected if name.strip() else "ada@x.test")
