@@ -234,8 +234,8 @@ class Recipient(models.Model):
         DUPLICATE = "duplicate", "Duplicate address in this run"
         NO_EMAIL_SELECTED = "no_email_selected", "Opted out of this topic"
 
-    # No single-column indexes on run and contact: the unique (run, contact) and
-    # recipient_contact (contact, run) lead with them, and every index costs on each write.
+    # No single-column indexes on run and contact: the unique (contact, run) and the
+    # (run, ...) indexes lead with them, and every index costs on each write.
     run = models.ForeignKey(
         CampaignRun, on_delete=models.CASCADE, related_name="recipients", db_index=False
     )
@@ -286,7 +286,8 @@ class Recipient(models.Model):
     class Meta:
         ordering = ["run", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["run", "contact"], name="recipient_run_contact_unique"),
+            # Also the contact's recipients, by index (migration 0016).
+            models.UniqueConstraint(fields=["contact", "run"], name="recipient_contact_run_unique"),
             models.CheckConstraint(
                 condition=Q(status="filtered", filter_reason__gt="")
                 | (~Q(status="filtered") & Q(filter_reason="")),
@@ -296,7 +297,6 @@ class Recipient(models.Model):
         indexes = [
             models.Index(fields=["run", "status"], name="recipient_run_status"),
             models.Index(fields=["run", "filter_reason"], name="recipient_run_filter"),
-            models.Index(fields=["contact", "run"], name="recipient_contact"),
             # Matching a bounce or complaint that names only the address.
             models.Index(Lower("email"), name="recipient_email_ci"),
             # The follow-up scheduler's poll and "does this run still have follow-ups".

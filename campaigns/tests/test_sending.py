@@ -4,6 +4,7 @@ from datetime import timedelta
 from email import message_from_bytes, policy
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -118,6 +119,22 @@ def test_a_run_whose_every_contact_is_filtered_ends_filtered(make_campaign, add_
     run.refresh_from_db()
     assert run.status == CampaignRun.Status.FILTERED
     assert not Message.objects.exists()
+
+
+def test_a_contact_is_one_recipient_of_a_run_and_its_runs_are_found_by_contact(
+    make_campaign, add_contacts
+):
+    [contact] = add_contacts("once@example.test")
+    runs = [
+        run_prepare(run=campaign_launch(campaign=make_campaign(name=name), enqueue=False))
+        for name in ("First", "Second")
+    ]
+
+    assert list(contact.recipients.order_by("run_id").values_list("run_id", flat=True)) == [
+        run.pk for run in runs
+    ]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Recipient.objects.create(run=runs[0], contact=contact, email=contact.email)
 
 
 def test_recipients_are_spread_round_robin_over_the_accounts(make_campaign, add_contacts, account):
