@@ -13,7 +13,6 @@ import mailbox
 import threading
 import time
 from dataclasses import dataclass
-from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from email.mime.base import MIMEBase
 from email.utils import formatdate, make_msgid
@@ -165,13 +164,12 @@ class SimulatedInternet:
 
     def _write_dsn(self, return_path: str, rcpt: str, original: bytes) -> None:
         """An RFC 3464 delivery status notification, as the recipient's server would send."""
-        headers = message_from_bytes(original, policy=policy.default)
         dsn = build_dsn(
             return_path=return_path,
             recipient=rcpt,
             status="5.1.1",
             diagnostic=f"smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown",
-            original_headers=headers,
+            original=original,
         )
         # Maildir(create=True) makes new/, cur/ and tmp/ only when the folder is missing.
         for sub in ("new", "cur", "tmp"):
@@ -190,7 +188,7 @@ def build_dsn(
     recipient: str,
     status: str,
     diagnostic: str,
-    original_headers,
+    original: bytes,
     reporting_mta: str = "mx.simulated.example",
 ) -> EmailMessage:
     dsn = EmailMessage()
@@ -219,9 +217,10 @@ def build_dsn(
     report.set_payload([per_message, per_recipient])
     dsn.attach(report)
     headers_part = MIMEBase("text", "rfc822-headers")
-    headers_part.set_payload(
-        "".join(f"{name}: {value}\n" for name, value in original_headers.items())
-    )
+    # The original's header block as it arrived, encoded words and all, as a server quotes it;
+    # bytes that are not ASCII go back out as they came (surrogateescape).
+    head = original.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    headers_part.set_payload(head.decode("ascii", "surrogateescape") + "\n")
     dsn.attach(headers_part)
     return dsn
 

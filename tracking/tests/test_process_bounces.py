@@ -24,7 +24,7 @@ from django_q.models import Schedule
 from campaigns.models import Message
 from campaigns.simulator import SimulatedInternet, SimulatorServer
 from contacts.models import Contact, Suppression
-from leadcenter.factories import SendingAccountFactory
+from leadcenter.factories import ContactFactory, SendingAccountFactory
 from tracking import bounces
 from tracking.apps import ensure_schedules
 from tracking.models import BounceMailbox, TrackingEvent
@@ -86,6 +86,24 @@ def test_a_bounce_accepted_then_returned_by_the_recipients_server_bounces_the_me
     assert Suppression.objects.filter(
         email="bounce-later@example.net", reason="hard_bounce"
     ).exists()
+
+
+def test_a_returned_email_with_non_ascii_headers_is_reported_with_its_headers_as_sent(
+    send, bounce_maildir
+):
+    # The DSN quotes the original headers as they went over the wire (RFC 2047 words), as a
+    # recipient's server does: decoded, a name such as Jürgen could not be written at all.
+    ContactFactory(email="bounce-later@example.net", first_name="Jürgen", last_name="Müller")
+    [message] = send("bounce-later@example.net")
+    [dsn] = (bounce_maildir / "new").iterdir()
+    quoted = dsn.read_bytes().split(b"text/rfc822-headers", 1)[1]
+    assert quoted.isascii()
+    assert b"Subject: =?utf-8?" in quoted
+    assert message.message_id.encode() in quoted
+
+    assert "bounced 1 hard" in run("--maildir", str(bounce_maildir))
+    message.refresh_from_db()
+    assert message.status == S.BOUNCED
 
 
 def test_maildir_messages_are_moved_to_cur_as_seen_and_not_read_again(send, bounce_maildir):
