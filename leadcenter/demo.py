@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from io import StringIO
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
@@ -244,10 +245,13 @@ def _listening(port: int) -> bool:
 def demo_runs_send(*, smtp_port: int, bounce_maildir: str) -> list[str]:
     """Real runs through the simulated internet, so every page has real figures: the
     newsletter completed, the product launch running with follow-ups due, the webinar
-    invitation paused part-way. Only once: campaigns that already ran are left alone."""
+    invitation paused part-way; then the bounces that the simulated internet wrote to its
+    Maildir for mail it had accepted are read, as `process_bounces --maildir` reads them. Only
+    once: campaigns that already ran are left alone."""
     from campaigns.models import CampaignRun
     from campaigns.services import campaign_launch, campaign_pause, dispatch_due, run_prepare
     from campaigns.simulator import SimulatedInternet, SimulatorServer
+    from tracking.bounces import bounces_process, maildir_messages
 
     names = ["Customer newsletter November", "Webinar invitation", "Spring product launch"]
     if CampaignRun.objects.filter(campaign__name__in=names).exists():
@@ -280,6 +284,13 @@ def demo_runs_send(*, smtp_port: int, bounce_maildir: str) -> list[str]:
                 f"{name}: run #{run.pk} {run.get_status_display().lower()}, "
                 f"{sent} of {run.total_recipients - run.total_filtered} emails out, "
                 f"{run.total_filtered} contacts filtered"
+            )
+        # The servers wrote their bounces before they answered 250: all of them are there.
+        if Path(bounce_maildir, "new").is_dir():
+            report = bounces_process(messages=maildir_messages(bounce_maildir))
+            lines.append(
+                f"Bounces of accepted mail, read from {bounce_maildir}: {report.messages}, "
+                f"{report.bounced_hard} of them hard (the contact marked invalid)"
             )
     finally:
         if simulator is not None:

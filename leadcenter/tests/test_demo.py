@@ -223,9 +223,10 @@ def test_it_leaves_existing_contacts_with_a_demo_address_alone() -> None:
     assert Contact.objects.count() == 301
 
 
-def test_it_sends_demo_runs_through_the_simulated_internet() -> None:
-    from campaigns.models import CampaignRun
+def test_it_sends_demo_runs_through_the_simulated_internet(tmp_path) -> None:
+    from campaigns.models import CampaignRun, Message
     from campaigns.simulator import _free_port
+    from tracking.models import TrackingEvent
 
     out = StringIO()
     call_command(
@@ -236,6 +237,8 @@ def test_it_sends_demo_runs_through_the_simulated_internet() -> None:
         PASSWORD,
         "--smtp-port",
         str(_free_port()),
+        "--bounce-maildir",
+        str(tmp_path / "bounces"),
         stdout=out,
     )
 
@@ -247,6 +250,14 @@ def test_it_sends_demo_runs_through_the_simulated_internet() -> None:
     }
     assert "Demo runs sent through the simulated internet:" in out.getvalue()
     assert CampaignRun.objects.get(status="completed").messages.filter(status="sent").exists()
+    # Accepted, then bounced through a DSN the demo read from the simulator's Maildir; the
+    # demo names have accents, which the DSN quotes as they went out.
+    bounced_later = TrackingEvent.objects.filter(type="bounced", source="dsn")
+    assert bounced_later.exists()
+    assert not Message.objects.filter(
+        pk__in=bounced_later.values("message_id"), status=Message.Status.SENT
+    ).exists()
+    assert f"Bounces of accepted mail, read from {tmp_path / 'bounces'}: " in out.getvalue()
     # Run again: the runs are kept, nothing is sent twice.
     again = StringIO()
     call_command("demo", "--contacts", "300", "--password", PASSWORD, stdout=again)

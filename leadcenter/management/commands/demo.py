@@ -50,6 +50,12 @@ class Command(BaseCommand):
             "(default 2525).",
         )
         parser.add_argument(
+            "--bounce-maildir",
+            default="var/bounces",
+            help="The Maildir the simulated internet writes its later bounces to, read once the "
+            "demo runs are sent (default var/bounces, as smtp_simulator's).",
+        )
+        parser.add_argument(
             "--no-send",
             action="store_true",
             help="Load the data only; send no demo runs through the simulated internet.",
@@ -70,6 +76,7 @@ class Command(BaseCommand):
             password=options["password"],
             smtp_port=options["smtp_port"],
             send=not options["no_send"],
+            bounce_maildir=options["bounce_maildir"],
         )
         self._print_summary(
             summary,
