@@ -633,8 +633,8 @@ DEMO_CAMPAIGNS: tuple[dict, ...] = (
                 "<p>Today we launch <strong>LeadCenter Spring</strong>: campaign reports per "
                 "record owner, follow-ups that stop on reply, and Excel exports in one click.</p>"
                 '<p><a href="https://leadcenter.example/spring">See what is new</a> or '
-                '<a href="https://leadcenter.example/demo">book a 20-minute demo</a> for the '
-                "team at {{ contact.company|default:'your company' }}.</p>"
+                '<a href="https://leadcenter.example/demo">book a 20-minute demo</a>: the '
+                "team at {{ contact.company|default:'your company' }} is welcome</p>"
                 "<p>Best regards,<br>Maria Keller</p>" + _FOOTER_HTML,
                 "Hi {{ contact.first_name|default:'there' }},\n\n"
                 "Today we launch LeadCenter Spring: campaign reports per record owner, follow-ups "
