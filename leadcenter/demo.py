@@ -634,7 +634,7 @@ DEMO_CAMPAIGNS: tuple[dict, ...] = (
                 "record owner, follow-ups that stop on reply, and Excel exports in one click.</p>"
                 '<p><a href="https://leadcenter.example/spring">See what is new</a> or '
                 '<a href="https://leadcenter.example/demo">book a 20-minute demo</a>: the '
-                "team at {{ contact.company|default:'your company' }} is welcome</p>"
+                "team at {{ contact.company|default:'your company' }} is welcome to join.</p>"
                 "<p>Best regards,<br>Maria Keller</p>" + _FOOTER_HTML,
                 "Hi {{ contact.first_name|default:'there' }},\n\n"
                 "Today we launch LeadCenter Spring: campaign reports per record owner, follow-ups "
