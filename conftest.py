@@ -31,6 +31,16 @@ from leadcenter.roles import MANAGERS, STAFF, SUPPORT, roles_setup
 PASSWORD = "correct horse battery staple"  # noqa: S105  (UserFactory's)
 
 
+def pytest_configure(config) -> None:
+    # The SQLite test database is a file under var/ (leadcenter/settings.py), which a fresh
+    # clone does not have: make its folder, or no test can open its database.
+    from django.conf import settings
+
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if name:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+
+
 def _member_of(group_name: str, username: str):
     user = UserFactory(username=username, is_staff=True)
     user.groups.add(Group.objects.get(name=group_name))
