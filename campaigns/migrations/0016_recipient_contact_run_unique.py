@@ -22,29 +22,36 @@ NEW = "recipient_contact_run_unique"
 OLD = "recipient_run_contact_unique"
 INDEX = "recipient_contact"
 
+# (direction, is PostgreSQL) -> the statements, in order.
+STATEMENTS = {
+    ("forward", True): [
+        f"ALTER TABLE {TABLE} ADD CONSTRAINT {NEW} UNIQUE (contact_id, run_id)",
+        f"ALTER TABLE {TABLE} DROP CONSTRAINT {OLD}",
+        f"DROP INDEX {INDEX}",
+    ],
+    ("forward", False): [
+        f"CREATE UNIQUE INDEX {NEW} ON {TABLE} (contact_id, run_id)",
+        f"DROP INDEX {INDEX}",
+    ],
+    ("backward", True): [
+        f"CREATE INDEX {INDEX} ON {TABLE} (contact_id, run_id)",
+        f"ALTER TABLE {TABLE} ADD CONSTRAINT {OLD} UNIQUE (run_id, contact_id)",
+        f"ALTER TABLE {TABLE} DROP CONSTRAINT {NEW}",
+    ],
+    ("backward", False): [
+        f"CREATE INDEX {INDEX} ON {TABLE} (contact_id, run_id)",
+        f"DROP INDEX {NEW}",
+    ],
+}
 
-def forward(apps, schema_editor) -> None:
-    q = schema_editor.quote_name
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(
-            f"ALTER TABLE {q(TABLE)} ADD CONSTRAINT {q(NEW)} UNIQUE (contact_id, run_id)"
-        )
-        schema_editor.execute(f"ALTER TABLE {q(TABLE)} DROP CONSTRAINT {q(OLD)}")
-    else:
-        schema_editor.execute(f"CREATE UNIQUE INDEX {q(NEW)} ON {q(TABLE)} (contact_id, run_id)")
-    schema_editor.execute(f"DROP INDEX {q(INDEX)}")
 
+def _run(direction: str):
+    def run(apps, schema_editor) -> None:
+        postgresql = schema_editor.connection.vendor == "postgresql"
+        for statement in STATEMENTS[direction, postgresql]:
+            schema_editor.execute(statement)
 
-def backward(apps, schema_editor) -> None:
-    q = schema_editor.quote_name
-    schema_editor.execute(f"CREATE INDEX {q(INDEX)} ON {q(TABLE)} (contact_id, run_id)")
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(
-            f"ALTER TABLE {q(TABLE)} ADD CONSTRAINT {q(OLD)} UNIQUE (run_id, contact_id)"
-        )
-        schema_editor.execute(f"ALTER TABLE {q(TABLE)} DROP CONSTRAINT {q(NEW)}")
-    else:
-        schema_editor.execute(f"DROP INDEX {q(NEW)}")
+    return run
 
 
 class Migration(migrations.Migration):
@@ -52,7 +59,7 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.SeparateDatabaseAndState(
-            database_operations=[migrations.RunPython(forward, backward)],
+            database_operations=[migrations.RunPython(_run("forward"), _run("backward"))],
             state_operations=[
                 migrations.RemoveIndex(model_name="recipient", name=INDEX),
                 migrations.RemoveConstraint(model_name="recipient", name=OLD),
