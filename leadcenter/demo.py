@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from io import StringIO
-from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
@@ -286,8 +285,8 @@ def demo_runs_send(*, smtp_port: int, bounce_maildir: str) -> list[str]:
                 f"{run.total_filtered} contacts filtered"
             )
         # The servers wrote their bounces before they answered 250: all of them are there.
-        if Path(bounce_maildir, "new").is_dir():
-            report = bounces_process(messages=maildir_messages(bounce_maildir))
+        report = bounces_process(messages=maildir_messages(bounce_maildir))
+        if report.messages:
             lines.append(
                 f"Bounces of accepted mail, read from {bounce_maildir}: {report.messages}, "
                 f"{report.bounced_hard} of them hard (the contact marked invalid)"
