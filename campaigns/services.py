@@ -136,13 +136,17 @@ def _run_prepare_locked(*, run: CampaignRun) -> CampaignRun:
     message = Message._meta.db_table
     reasons = Recipient.FilterReason
     # The order of the WHENs is the order of precedence of the reasons. Only table names and
-    # our own constants are interpolated; every value is a parameter.
+    # our own constants are interpolated; every value is a parameter. The account goes
+    # round-robin by a running count of the contacts kept, in contact order, which is the order
+    # the rows come out and are written in: each recipient's entry in the (contact, run) index
+    # goes at its right edge (a count per kept/filtered partition wrote them in two passes).
     audience_sql = f"""
         INSERT INTO {recipient}
             (run_id, contact_id, email, account_id, status, filter_reason, steps_sent)
         SELECT %s, f.id, f.email,
                CASE WHEN f.reason = '' THEN
-                   CASE (ROW_NUMBER() OVER (PARTITION BY f.reason = '' ORDER BY f.id) - 1) %% %s
+                   CASE (COUNT(*) FILTER (WHERE f.reason = '')
+                         OVER (ORDER BY f.id ROWS UNBOUNDED PRECEDING) - 1) %% %s
                    {account_case} END
                END,
                CASE WHEN f.reason = '' THEN 'pending' ELSE 'filtered' END,

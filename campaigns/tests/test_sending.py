@@ -141,7 +141,10 @@ def test_recipients_are_spread_round_robin_over_the_accounts(make_campaign, add_
     from leadcenter.factories import SendingAccountFactory
 
     second = SendingAccountFactory(name="Second", smtp_port=account.smtp_port)
-    add_contacts(*(f"r{i}@example.test" for i in range(10)))
+    for i in range(10):
+        add_contacts(f"r{i}@example.test")
+        if i % 3 == 0:  # filtered contacts in between take no turn
+            add_contacts(f"gone{i}@example.test", do_not_email=True)
     campaign = make_campaign(accounts=[account, second])
 
     run = campaign_launch(campaign=campaign, enqueue=False)
@@ -149,6 +152,11 @@ def test_recipients_are_spread_round_robin_over_the_accounts(make_campaign, add_
 
     per_account = dict(Message.objects.values_list("account__name").annotate(n=Count("pk")))
     assert per_account == {"Sales": 5, "Second": 5}
+    in_contact_order = run.recipients.exclude(status=Recipient.Status.FILTERED).order_by(
+        "contact_id"
+    )
+    assert [r.account.name for r in in_contact_order] == ["Sales", "Second"] * 5
+    assert not run.recipients.filter(status=Recipient.Status.FILTERED, account__isnull=False)
 
 
 @pytest.mark.parametrize(
