@@ -694,7 +694,7 @@ class SentEmailsChangeList(ChangeList):
         "recipient__email",
         "recipient__contact__first_name", "recipient__contact__last_name",
         "recipient__contact__email",
-        "run__campaign__name", "step__position", "account__name",
+        "run__campaign__name", "step__position", "account__name", "rejection_flags",
     )  # fmt: skip
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet:
@@ -713,7 +713,31 @@ class SentEmailsChangeList(ChangeList):
                 to_attr="latest_events",
             ),
         )
+        # A refusal that came after the SMTP conversation (a bounce message, an ESP's event):
+        # the email's reply at sending was a 250, and the refusal is what explains its status.
+        # Only emails with a rejection flag can have one: usually none or a few of the page.
+        later: dict[int, Rejection] = {}
+        flagged = [row.pk for row in rows if row.rejection_flags]
+        if flagged:
+            rejections = (
+                Rejection.objects.filter(message_id__in=flagged)
+                .exclude(source=TrackingEvent.Source.SMTP)
+                .only("message_id", "source", "smtp_code", "smtp_status", "diagnostic")
+                .order_by("created", "id")
+            )
+            later = {rejection.message_id: rejection for rejection in rejections}  # the latest
+        for row in rows:
+            row.later_rejection = later.get(row.pk)
         self.result_list = rows
+
+
+def _source_label(source: str) -> str:
+    """Where a refusal came from, in a few words: "Bounce message", "Mailgun webhook"."""
+    if source == TrackingEvent.Source.DSN:
+        return "Bounce message"
+    if source.startswith("webhook:"):
+        return f"{source.removeprefix('webhook:').title()} webhook"
+    return dict(TrackingEvent.Source.choices).get(source, source)
 
 
 @admin.register(Message)
@@ -867,8 +891,12 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
     def smtp_reply(self, obj: Message) -> str:
         # The code and the server's words in one column (the email's page has them apart), so
         # that the list fits a laptop's screen beside the navigation and the filters.
-        reply = f"{obj.smtp_code or ''} {obj.smtp_response}".strip()
-        return Truncator(reply).chars(64)
+        reply = f"{obj.smtp_code or ''} {obj.smtp_response}"
+        later = getattr(obj, "later_rejection", None)
+        if later is not None:
+            reply = f"{_source_label(later.source)}: {later.smtp_code or ''} {later.smtp_status} "
+            reply += later.diagnostic
+        return Truncator(" ".join(reply.split())).chars(64)
 
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view

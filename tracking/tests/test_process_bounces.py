@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from django.apps import apps
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django_q.models import Schedule
 
 from campaigns.models import Message
@@ -86,6 +87,27 @@ def test_a_bounce_accepted_then_returned_by_the_recipients_server_bounces_the_me
     assert Suppression.objects.filter(
         email="bounce-later@example.net", reason="hard_bounce"
     ).exists()
+
+
+def test_the_sent_emails_list_shows_the_bounce_message_s_reply_of_an_email_returned_later(
+    send, bounce_maildir, support_client
+):
+    [returned, kept] = send("bounce-later@example.net", "kept@example.net")
+    run("--maildir", str(bounce_maildir))
+
+    page = support_client.get(reverse("admin:campaigns_message_changelist")).content.decode()
+
+    rows = {
+        address: row
+        for row in page.split("<tr")
+        for address in ("bounce-later@example.net", "kept@example.net")
+        if address in row
+    }
+    # The refusal that explains "Bounced", where it came from; not the 250 of the sending.
+    assert "Bounce message: 550 5.1.1" in rows["bounce-later@example.net"]
+    assert "250 " not in rows["bounce-later@example.net"]
+    assert "250 " in rows["kept@example.net"]
+    assert "Bounce message" not in rows["kept@example.net"]
 
 
 def test_a_returned_email_with_non_ascii_headers_is_reported_with_its_headers_as_sent(
