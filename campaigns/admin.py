@@ -894,8 +894,11 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
         reply = f"{obj.smtp_code or ''} {obj.smtp_response}"
         later = getattr(obj, "later_rejection", None)
         if later is not None:
-            reply = f"{_source_label(later.source)}: {later.smtp_code or ''} {later.smtp_status} "
-            reply += later.diagnostic
+            # The diagnostic often starts with the code and enhanced status already.
+            words = later.diagnostic.split()
+            head = [p for p in (str(later.smtp_code or ""), later.smtp_status) if p]
+            head = [p for p in head if p not in words[:2]]
+            reply = f"{_source_label(later.source)}: {' '.join(head + words)}"
         return Truncator(" ".join(reply.split())).chars(64)
 
     def get_urls(self) -> list:

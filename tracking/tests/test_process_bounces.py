@@ -104,7 +104,7 @@ def test_the_sent_emails_list_shows_the_bounce_message_s_reply_of_an_email_retur
         if address in row
     }
     # The refusal that explains "Bounced", where it came from; not the 250 of the sending.
-    assert "Bounce message: 550 5.1.1" in rows["bounce-later@example.net"]
+    assert "Bounce message: 550 5.1.1 &lt;bounce-later@" in rows["bounce-later@example.net"]
     assert "250 " not in rows["bounce-later@example.net"]
     assert "250 " in rows["kept@example.net"]
     assert "Bounce message" not in rows["kept@example.net"]
