@@ -92,7 +92,7 @@ def test_a_bounce_accepted_then_returned_by_the_recipients_server_bounces_the_me
 def test_the_sent_emails_list_shows_the_bounce_message_s_reply_of_an_email_returned_later(
     send, bounce_maildir, support_client
 ):
-    [returned, kept] = send("bounce-later@example.net", "kept@example.net")
+    send("bounce-later@example.net", "kept@example.net")
     run("--maildir", str(bounce_maildir))
 
     page = support_client.get(reverse("admin:campaigns_message_changelist")).content.decode()
