@@ -32,6 +32,7 @@ from campaigns.models import (
 )
 from campaigns.selectors import messages_in_doubt, run_progress, search_by_contact
 from leadcenter.paginator import CappedCountPaginator
+from tracking.classification import parse_smtp_reply
 from tracking.models import Rejection, TrackingEvent
 
 WEEKDAY_NAMES = {"1": "Mon", "2": "Tue", "3": "Wed", "4": "Thu", "5": "Fri", "6": "Sat", "7": "Sun"}
@@ -893,10 +894,9 @@ class MessageAdmin(ContactSearchMixin, InspectOnlyAdmin):
         later = getattr(obj, "later_rejection", None)
         if later is not None:
             # The diagnostic often starts with the code and enhanced status already.
-            words = later.diagnostic.split()
-            head = [p for p in (str(later.smtp_code or ""), later.smtp_status) if p]
-            head = [p for p in head if p not in words[:2]]
-            reply = f"{_source_label(later.source)}: {' '.join(head + words)}"
+            code, status, text = parse_smtp_reply(later.diagnostic)
+            code, status = later.smtp_code or code or "", later.smtp_status or status
+            reply = f"{_source_label(later.source)}: {code} {status} {text}"
         return Truncator(" ".join(reply.split())).chars(64)
 
     def get_urls(self) -> list:
